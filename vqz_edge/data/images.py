@@ -1,0 +1,301 @@
+"""Deterministic image preprocessing and the bundled demo data (real photos shipped in scikit-image).
+
+Calibration and evaluation data are split by *source photo*: crops of one photo never land on both
+sides, so fidelity is measured on scenes the calibrator never saw. The stereo pair
+``motorcycle_left``/``motorcycle_right`` is one scene and counts as one source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, DependencyError
+from ..log import get_logger
+
+_log = get_logger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Declared preprocessing: resize the short side, center crop, scale to [0,1], normalise.
+
+    The same declaration is recorded in the build spec and in calibration summaries so that the
+    device sees exactly what the calibrator saw.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    layout: str = "NCHW"
+    channels: int = 3
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.crop <= 0 or self.resize <= 0:
+            raise ValueError(f"preprocessing resize/crop must be positive, got resize={self.resize} crop={self.crop}")
+        if self.crop > self.resize:
+            raise ValueError(f"preprocessing crop ({self.crop}) must not exceed resize ({self.resize})")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"preprocessing layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocessing channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"preprocessing mean/std need {self.channels} values each, got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"preprocessing std values must be positive, got {self.std}")
+
+    @classmethod
+    def for_input_shape(cls, shape: Sequence[int], layout: str = "NCHW") -> Preprocessing:
+        """ImageNet-style preprocessing that produces ``shape`` (N,C,H,W or N,H,W,C, square H=W)."""
+        if len(shape) != 4:
+            raise DataError(f"image preprocessing needs a 4-D input shape, got {list(shape)}")
+        c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        if h != w:
+            raise DataError(f"image preprocessing supports square inputs only, got H={h} W={w}")
+        if c not in (1, 3):
+            raise DataError(f"input has {c} channels; image data can feed 1 (grayscale) or 3 (RGB) channels")
+        mean = IMAGENET_MEAN if c == 3 else (0.449,)
+        std = IMAGENET_STD if c == 3 else (0.226,)
+        return cls(resize=max(h, round(h * 256 / 224)), crop=h, mean=mean, std=std, layout=layout, channels=c)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "layout": self.layout,
+            "channels": self.channels,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One source scene: one or more image files that show the same thing."""
+
+    name: str
+    paths: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def load_image(path: Path, channels: int = 3) -> np.ndarray:
+    """Read an image as uint8 HxWxC (RGB or grayscale). Grayscale photos are replicated to RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = "RGB" if channels == 3 else "L"
+            arr = np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}", hint="remove or replace the file") from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def _resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    h, w = size_hw
+    if img.shape[2] == 1:
+        out = np.asarray(Image.fromarray(img[:, :, 0]).resize((w, h), Image.Resampling.BILINEAR))[:, :, None]
+    else:
+        out = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+    return out
+
+
+def preprocess(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 HxWxC -> float32 CxHxW (or HxWxC): resize short side, center crop, normalise."""
+    if img.ndim != 3 or img.shape[2] != pre.channels:
+        raise DataError(f"image has shape {img.shape}; preprocessing expects HxWx{pre.channels}")
+    h, w = img.shape[:2]
+    scale = pre.resize / min(h, w)
+    nh, nw = max(pre.crop, round(h * scale)), max(pre.crop, round(w * scale))
+    img = _resize(img, (nh, nw))
+    top, left = (nh - pre.crop) // 2, (nw - pre.crop) // 2
+    img = img[top : top + pre.crop, left : left + pre.crop]
+    x: np.ndarray = img.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    if pre.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _random_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random square-ish region (25-100% of the short side) with optional horizontal flip."""
+    h, w = img.shape[:2]
+    short = min(h, w)
+    side = int(short * rng.uniform(0.25, 1.0))
+    side = max(side, min(32, short))
+    aspect = rng.uniform(0.8, 1.25)
+    ch, cw = min(h, int(side * aspect)), min(w, int(side / aspect))
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    view = img[top : top + ch, left : left + cw]
+    if rng.random() < 0.5:
+        view = view[:, ::-1]
+    return np.ascontiguousarray(view)
+
+
+def make_crops(sources: Sequence[ImageSource], count: int, pre: Preprocessing, *, seed: int = 0) -> np.ndarray:
+    """``count`` deterministic crops spread round-robin over ``sources``; float32 (count, ...).
+
+    The first crop of every image is the plain full image (resize + center crop); further crops are
+    random regions and flips drawn from a generator seeded by (seed, source, index).
+    """
+    if count <= 0:
+        raise DataError(f"number of crops must be positive, got {count}")
+    files = [(src.name, p) for src in sources for p in src.paths]
+    if not files:
+        raise DataError("no images to crop from")
+    cache: dict[Path, np.ndarray] = {}
+    out = None
+    for i in range(count):
+        name, path = files[i % len(files)]
+        k = i // len(files)
+        if path not in cache:
+            cache[path] = load_image(path, pre.channels)
+        img = cache[path]
+        if k > 0:
+            img = _random_view(img, np.random.default_rng(_seed(seed, name, path.name, k)))
+        x = preprocess(img, pre)
+        if out is None:
+            out = np.empty((count, *x.shape), np.float32)
+        out[i] = x
+    assert out is not None
+    return out
+
+
+# The bundled demo's photos (all real photographs shipped in scikit-image; synthetic images such as
+# chessboard, logo, phantom, color and horse are left out). The split is fixed and by scene.
+DEMO_SOURCES: dict[str, tuple[str, ...]] = {
+    "astronaut": ("astronaut.png",),
+    "brick": ("brick.png",),
+    "camera": ("camera.png",),
+    "cell": ("cell.png",),
+    "chelsea": ("chelsea.png",),
+    "clock_motion": ("clock_motion.png",),
+    "coffee": ("coffee.png",),
+    "coins": ("coins.png",),
+    "grass": ("grass.png",),
+    "gravel": ("gravel.png",),
+    "hubble_deep_field": ("hubble_deep_field.jpg",),
+    "ihc": ("ihc.png",),
+    "microaneurysms": ("microaneurysms.png",),
+    "moon": ("moon.png",),
+    "motorcycle": ("motorcycle_left.png", "motorcycle_right.png"),
+    "page": ("page.png",),
+    "retina": ("retina.jpg",),
+    "rocket": ("rocket.jpg",),
+    "text": ("text.png",),
+}
+DEMO_CALIBRATION_SOURCES = (
+    "astronaut", "brick", "cell", "clock_motion", "coins", "gravel", "hubble_deep_field", "moon", "page", "rocket",
+)
+DEMO_EVALUATION_SOURCES = tuple(sorted(set(DEMO_SOURCES) - set(DEMO_CALIBRATION_SOURCES)))
+
+
+def _skimage_data_dir() -> Path:
+    try:
+        import skimage
+    except ImportError as exc:
+        raise DependencyError(
+            "the demo photos ship inside scikit-image, which is not installed",
+            hint="pip install 'vqz-edge[calibrate]' (or scikit-image)",
+        ) from exc
+    return Path(skimage.__file__).parent / "data"
+
+
+def demo_sources(split: str) -> list[ImageSource]:
+    """The demo's photo sources for ``split`` in {'calibration', 'evaluation', 'all'}."""
+    names = {
+        "calibration": DEMO_CALIBRATION_SOURCES,
+        "evaluation": DEMO_EVALUATION_SOURCES,
+        "all": tuple(sorted(DEMO_SOURCES)),
+    }.get(split)
+    if names is None:
+        raise DataError(f"unknown demo split {split!r}; use 'calibration', 'evaluation' or 'all'")
+    root = _skimage_data_dir()
+    out = []
+    for name in names:
+        paths = tuple(root / f for f in DEMO_SOURCES[name])
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"demo photo(s) missing from scikit-image: {missing}", hint="reinstall scikit-image")
+        out.append(ImageSource(name, paths))
+    return out
+
+
+def demo_crops(split: str, count: int, pre: Preprocessing | None = None, *, seed: int = 0) -> np.ndarray:
+    """``count`` preprocessed crops of the demo photos of one split (224x224 ImageNet by default)."""
+    return make_crops(demo_sources(split), count, pre or Preprocessing(), seed=seed)
+
+
+def folder_sources(folder: Path) -> list[ImageSource]:
+    """Image files under ``folder``. Files in a sub-folder form one source (one scene); top-level files
+    are each their own source."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"data folder {folder} contains no images ({', '.join(IMAGE_SUFFIXES)})",
+            hint="point --data at a folder of photos or at a .npy array",
+        )
+    groups: dict[str, list[Path]] = {}
+    for p in files:
+        rel = p.relative_to(folder)
+        key = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        groups.setdefault(key, []).append(p)
+    return [ImageSource(k, tuple(v)) for k, v in sorted(groups.items())]
+
+
+def split_by_source(
+    sources: Iterable[ImageSource], evaluation_fraction: float = 0.5
+) -> tuple[list[ImageSource], list[ImageSource]]:
+    """Deterministic split by source name hash: (calibration, evaluation). Both sides non-empty when >=2 sources."""
+    if not 0.0 < evaluation_fraction < 1.0:
+        raise ValueError(f"evaluation_fraction must be in (0, 1), got {evaluation_fraction}")
+    ordered = sorted(sources, key=lambda s: (_seed("split", s.name), s.name))
+    if len(ordered) < 2:
+        raise DataError(
+            f"need at least 2 source photos to split calibration from evaluation, got {len(ordered)}"
+        )
+    n_eval = min(len(ordered) - 1, max(1, round(len(ordered) * evaluation_fraction)))
+    return sorted(ordered[n_eval:], key=lambda s: s.name), sorted(ordered[:n_eval], key=lambda s: s.name)
+
+
+def load_array_file(path: Path) -> np.ndarray:
+    """A preprocessed float array saved with numpy (.npy), memory-mapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        arr: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {path} as a .npy array: {exc}") from exc
+    if arr.ndim < 2 or arr.shape[0] == 0:
+        raise DataError(f"{path} holds an array of shape {arr.shape}; expected (N, ...) with N >= 1")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{path} has dtype {arr.dtype}; expected preprocessed float data")
+    return arr
