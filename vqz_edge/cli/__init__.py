@@ -7,17 +7,35 @@ makes a command print exactly one JSON object on stdout.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from .. import __version__
 from ..errors import VqzError
 from ..log import configure
-from . import data_cmd, demo_cmd, export_cmd
 
-COMMANDS = [export_cmd, data_cmd, demo_cmd]
+# Each command is a module vqz_edge/cli/<name>_cmd.py with register(subparsers) and run(args).
+# Listed in --help order; a module that does not exist yet is skipped.
+COMMAND_MODULES = [
+    "demo", "data", "export", "calibrate", "evaluate", "plan", "sensitivity", "build", "targets",
+    "check_memory", "run", "bench", "vlm", "keys", "bundle", "install", "rollback", "status", "fleet",
+]
+
+
+def _command_modules() -> list[ModuleType]:
+    mods = []
+    for name in COMMAND_MODULES:
+        full = f"{__name__}.{name}_cmd"
+        try:
+            mods.append(importlib.import_module(full))
+        except ModuleNotFoundError as exc:
+            if exc.name != full:
+                raise
+    return mods
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vqz-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in COMMANDS:
+    for mod in _command_modules():
         mod.register(sub)
     return parser
 
