@@ -51,7 +51,7 @@ else:  # pragma: no cover
 
 SPEC_VERSION = 1
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
-CALIBRATION_METHODS = ("entropy", "max", "percentile", "mse")
+CALIBRATION_METHODS = ("entropy", "max", "percentile", "mse", "auto")
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "nf4")
 
 

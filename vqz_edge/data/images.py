@@ -8,7 +8,7 @@ sides, so fidelity is measured on scenes the calibrator never saw. The stereo pa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,33 +156,46 @@ def _random_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(view)
 
 
-def make_crops(sources: Sequence[ImageSource], count: int, pre: Preprocessing, *, seed: int = 0) -> np.ndarray:
-    """``count`` deterministic crops spread round-robin over ``sources``; float32 (count, ...).
+def iter_crops(
+    sources: Sequence[ImageSource], count: int, pre: Preprocessing, *, seed: int = 0, batch: int = 32
+) -> Iterator[np.ndarray]:
+    """Yield ``count`` deterministic crops in batches (float32 (b, ...)); only one batch is in memory.
 
-    The first crop of every image is the plain full image (resize + center crop); further crops are
-    random regions and flips drawn from a generator seeded by (seed, source, index).
+    Crops go round-robin over the images of ``sources``. The first crop of every image is the plain full
+    image (resize + center crop); further crops are random regions and flips drawn from a generator
+    seeded by (seed, source, index), so the i-th crop does not depend on the batch size.
     """
     if count <= 0:
         raise DataError(f"number of crops must be positive, got {count}")
+    if batch <= 0:
+        raise DataError(f"batch size must be positive, got {batch}")
     files = [(src.name, p) for src in sources for p in src.paths]
     if not files:
         raise DataError("no images to crop from")
     cache: dict[Path, np.ndarray] = {}
-    out = None
-    for i in range(count):
-        name, path = files[i % len(files)]
-        k = i // len(files)
-        if path not in cache:
-            cache[path] = load_image(path, pre.channels)
-        img = cache[path]
-        if k > 0:
-            img = _random_view(img, np.random.default_rng(_seed(seed, name, path.name, k)))
-        x = preprocess(img, pre)
-        if out is None:
-            out = np.empty((count, *x.shape), np.float32)
-        out[i] = x
-    assert out is not None
-    return out
+    for start in range(0, count, batch):
+        out: np.ndarray | None = None
+        n = min(batch, count - start)
+        for j in range(n):
+            i = start + j
+            name, path = files[i % len(files)]
+            k = i // len(files)
+            if path not in cache:
+                cache[path] = load_image(path, pre.channels)
+            img = cache[path]
+            if k > 0:
+                img = _random_view(img, np.random.default_rng(_seed(seed, name, path.name, k)))
+            x = preprocess(img, pre)
+            if out is None:
+                out = np.empty((n, *x.shape), np.float32)
+            out[j] = x
+        assert out is not None
+        yield out
+
+
+def make_crops(sources: Sequence[ImageSource], count: int, pre: Preprocessing, *, seed: int = 0) -> np.ndarray:
+    """All ``count`` crops of :func:`iter_crops` in one array."""
+    return np.concatenate(list(iter_crops(sources, count, pre, seed=seed, batch=64)))
 
 
 # The bundled demo's photos (all real photographs shipped in scikit-image; synthetic images such as

@@ -68,8 +68,16 @@ class ResolvedPlan:
         return [layer for layer in self.layers if layer.precision == precision]
 
     def kept_high(self) -> list[LayerDecision]:
-        """Quantizable layers the plan keeps above INT8 (FP16/FP32): these get TensorRT precision constraints."""
-        return [layer for layer in self.layers if layer.quantizable and layer.precision != "int8"]
+        """Layers that get TensorRT precision constraints: quantizable layers kept above INT8 (FP16/FP32),
+        and any layer pinned to FP32 (e.g. a Softmax or the final head)."""
+        return [
+            layer
+            for layer in self.layers
+            if (layer.quantizable and layer.precision != "int8") or layer.precision == "fp32"
+        ]
+
+    def int8_layers(self) -> list[LayerDecision]:
+        return [layer for layer in self.layers if layer.precision == "int8"]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,99 @@
+"""vqz-edge calibrate MODEL.onnx --data DIR|FILE.npy|demo -o OUTDIR"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from . import add_common
+
+    p = sub.add_parser(
+        "calibrate",
+        help="INT8 calibration on the CPU: TensorRT cache + Q/DQ ONNX",
+        description="Collect per-tensor activation histograms with ONNX Runtime (batch by batch, constant memory), "
+        "pick per-tensor thresholds (entropy = TensorRT EntropyCalibration2 semantics), and write a TensorRT "
+        "calibration cache, an explicit-quantization Q/DQ ONNX, histograms and a summary.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL.onnx", help="FP32 ONNX (BatchNorm folded: vqz-edge export)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="folder of images, a preprocessed FILE.npy (N,C,H,W), or 'demo' (bundled photos)")
+    d.add_argument("--num-images", type=int, help="calibration samples to use (default 256)")
+    d.add_argument("--batch-size", type=int, help="samples per ONNX Runtime run (default 16); memory scales with it")
+    m = p.add_argument_group("method")
+    m.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
+                   help="threshold per tensor (default entropy); auto = MSE for non-negative tensors, entropy for signed")
+    m.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
+    t = p.add_argument_group("target")
+    t.add_argument("--trt-version", help="TensorRT version of the device, stamps the cache header (default 10.3.0)")
+    t.add_argument("--target", help="a target from 'vqz-edge targets': its default JetPack's TensorRT version")
+    o = p.add_argument_group("spec and output")
+    o.add_argument("--spec", type=Path, help="build spec (TOML): calibration defaults and precision rules")
+    o.add_argument("-o", "--output", type=Path, help="output directory (default calibration/<model>/)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _trt_version(args: argparse.Namespace) -> str | None:
+    if args.trt_version and args.target:
+        raise InputError("give either --trt-version or --target, not both")
+    if args.target:
+        from ..targets import get_target
+
+        return str(get_target(args.target).default_trt_version)
+    return args.trt_version
+
+
+def default_outdir(model: Path, name: str | None) -> Path:
+    if name:
+        return Path("calibration") / name
+    if model.parent.parent.name == "calibration":
+        return model.parent
+    return Path("calibration") / model.stem
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calib import CalibrationOptions, calibrate
+    from ..progress import tqdm_factory
+    from ..spec import CalibrationSpec, load_spec
+    from . import emit_json
+
+    spec = load_spec(args.spec) if args.spec else None
+    cs = spec.calibration if spec else CalibrationSpec()
+    data = args.data or (str(spec.resolve_path(cs.data)) if spec and cs.data != "demo" else cs.data if spec else None)
+    if data is None:
+        raise InputError("no calibration data: pass --data DIR|FILE.npy|demo (or a --spec with [calibration].data)")
+    try:
+        opts = CalibrationOptions(
+            method=args.method or cs.method,
+            percentile=args.percentile if args.percentile is not None else cs.percentile,
+            num_images=args.num_images or cs.num_images,
+            batch_size=args.batch_size or (cs.batch_size if spec else 16),
+            trt_version=_trt_version(args) or "10.3.0",
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    name = spec.model.name if spec else None
+    outdir = args.output or default_outdir(args.model, name)
+    result = calibrate(
+        args.model, data, outdir, opts, rules=spec.precision.rules if spec else (), model_name=name,
+        progress=None if args.quiet or args.json else tqdm_factory,
+    )
+    if args.json:
+        emit_json(result.to_dict())
+        return 0
+    s = result.seconds
+    print(f"calibrated {args.model} on {result.data}: {result.images} samples, {len(result.amax)} tensors, "
+          f"method {result.method} ({s['total']:.1f}s: statistics {s['statistics']:.1f}s, thresholds {s['thresholds']:.2f}s)")
+    q = result.qdq
+    print(f"  Q/DQ: {q.int8_layers} INT8 layers ({q.activations} activation tensors, {q.weights} weights per-channel), "
+          f"{q.skipped_layers} kept above INT8 by the plan")
+    print(f"  cache header TRT-{result.version_code}-EntropyCalibration2 (TensorRT {result.trt_version})")
+    for key, path in sorted(result.files.items()):
+        print(f"  {key:10s} {path}")
+    for rule in result.resolution.unmatched_rules:
+        print(f"  WARNING: precision rule matched no layer: {rule}")
+    return 0

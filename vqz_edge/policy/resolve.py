@@ -1,0 +1,134 @@
+"""Resolve precision rules against an ONNX graph: every node gets a precision and the rule that set it.
+
+Rules apply in order; a later matching rule overrides an earlier one. Selectors:
+  * ``match``  -- glob on the node name or on its module scope (``features.1.*``, ``classifier*``);
+  * ``regex``  -- regular expression searched in the node name;
+  * ``op_type``-- ONNX op type (``Gemm``);
+  * ``node``   -- one exact node name.
+Rules that match nothing are reported (a typo must not silently do nothing).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..errors import SpecError
+from ..spec import PrecisionRule
+from .plan import LayerDecision, ResolvedPlan
+
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _initializers(model: onnx.ModelProto) -> set[str]:
+    return {i.name for i in model.graph.initializer}
+
+
+def is_quantizable(node: onnx.NodeProto, inits: set[str]) -> bool:
+    """Ops with an INT8 implementation in TensorRT that vqz-edge places Q/DQ for."""
+    if node.op_type in LINEAR_OPS:
+        return True
+    if node.op_type == "Add":  # residual Add: both inputs are activations
+        return len(node.input) == 2 and all(i and i not in inits for i in node.input)
+    return False
+
+
+def scope_of(node_name: str) -> str:
+    """Module path of a node exported by torch: '/features/features.1/conv/conv.0/conv.0.0/Conv' ->
+    'features.1.conv.0.0'.
+
+    The TorchScript exporter writes one path component per module level, named relative to the enclosing
+    named module ('features.1' under 'features', then 'conv', 'conv.0', 'conv.0.0'); this rebuilds the
+    dotted path users write in rules. Nodes of other exporters get '' unless they use '/' paths too.
+    """
+    full, prev = "", ""
+    for comp in [p for p in node_name.split("/") if p][:-1]:
+        if prev and comp.startswith(prev + "."):
+            full += comp[len(prev):]
+        else:
+            full = f"{full}.{comp}" if full else comp
+        prev = comp
+    return full
+
+
+def rule_label(index: int, rule: PrecisionRule) -> str:
+    for key in ("match", "regex", "op_type", "node"):
+        value = getattr(rule, key)
+        if value is not None:
+            return f"rules[{index}] {key}={value!r}"
+    return f"rules[{index}]"
+
+
+def rule_matches(rule: PrecisionRule, node: onnx.NodeProto) -> bool:
+    if rule.node is not None:
+        return node.name == rule.node
+    if rule.op_type is not None:
+        return node.op_type == rule.op_type
+    if rule.regex is not None:
+        return re.search(rule.regex, node.name) is not None
+    assert rule.match is not None
+    pattern, scope = rule.match, scope_of(node.name)
+    if fnmatch.fnmatchcase(node.name, pattern):
+        return True
+    # 'features.1.*' covers the module features.1 itself and everything below it
+    return bool(scope) and (fnmatch.fnmatchcase(scope, pattern) or (pattern.endswith(".*") and scope == pattern[:-2]))
+
+
+@dataclass
+class Resolution:
+    plan: ResolvedPlan
+    unmatched_rules: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve(
+    model: onnx.ModelProto,
+    rules: Sequence[PrecisionRule] = (),
+    *,
+    model_name: str,
+    onnx_sha256: str,
+    default: str = "int8",
+    float_default: str = "fp16",
+    preset_rules: Sequence[tuple[str, PrecisionRule]] = (),
+) -> Resolution:
+    """Resolve ``preset_rules`` (labelled) then the user's ``rules`` over every node of ``model``."""
+    for idx, rule in enumerate(rules):
+        if rule.regex is not None:
+            try:
+                re.compile(rule.regex)
+            except re.error as exc:
+                raise SpecError(f"precision.rules[{idx}].regex {rule.regex!r} is not a valid regular expression: {exc}") from exc
+    inits = _initializers(model)
+    labelled = [*preset_rules, *((rule_label(i, r), r) for i, r in enumerate(rules))]
+    hits = [0] * len(labelled)
+    layers = []
+    warnings = []
+    for node in model.graph.node:
+        if node.op_type in ("Constant",):
+            continue
+        quantizable = is_quantizable(node, inits)
+        precision = default if quantizable else float_default
+        why = "default" if quantizable else f"no INT8 kernel: {float_default}"
+        for k, (label, rule) in enumerate(labelled):
+            if not rule_matches(rule, node):
+                continue
+            hits[k] += 1
+            wanted = rule.precision
+            if wanted in ("int4", "nf4"):
+                raise SpecError(
+                    f"{label} asks for {wanted} on node {node.name!r}: 4-bit is for LLM weights only; "
+                    "vision layers go no lower than INT8"
+                )
+            if wanted == "int8" and not quantizable:
+                continue  # an INT8 rule on e.g. Softmax cannot apply; it stays as decided
+            precision, why = wanted, label + (f" ({rule.reason})" if rule.reason else "")
+        layers.append(LayerDecision(node.name, node.op_type, precision, why, quantizable))
+    unmatched = [label for (label, _), n in zip(labelled, hits) if n == 0]
+    if not any(layer.quantizable for layer in layers):
+        warnings.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/residual Add)")
+    plan = ResolvedPlan(model=model_name, onnx_sha256=onnx_sha256, layers=tuple(layers))
+    return Resolution(plan, unmatched, warnings)
