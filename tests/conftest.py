@@ -35,3 +35,13 @@ def mobilenet_onnx(tmp_path_factory: pytest.TempPathFactory, mobilenet_weights: 
     out = tmp_path_factory.mktemp("mobilenet") / "model.onnx"
     export_model("mobilenet_v2", out, ExportOptions(weights=mobilenet_weights))
     return out
+
+
+@pytest.fixture(scope="session")
+def mobilenet_calibrated(tmp_path_factory: pytest.TempPathFactory, mobilenet_onnx: Path) -> Path:
+    """The demo MobileNetV2 calibrated once per session on 64 demo crops (entropy); returns OUTDIR."""
+    from vqz_edge.calib import CalibrationOptions, calibrate
+
+    out = tmp_path_factory.mktemp("mobilenet_calib")
+    calibrate(mobilenet_onnx, "demo", out, CalibrationOptions(num_images=64, batch_size=16), model_name="mobilenet_v2")
+    return out

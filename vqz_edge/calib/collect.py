@@ -93,8 +93,13 @@ def collect(
         raise DataError(f"calibration feeds single-input models; this model has inputs {[i.name for i in infos]}")
     input_name = infos[0].name
     names = tensors if tensors is not None else calibration_tensors(model)
-    sess = ortu.session(with_outputs(model, names))
+    # check tensors in graph order, so a NaN is reported where it first appears
+    position = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    check_order = sorted(names, key=lambda n: (position.get(n, -1), n))
     stats = Statistics({n: AbsHistogram() for n in names})
+    # the graph input is histogrammed straight from the feed (ORT does not copy an input into a bound output)
+    names = [n for n in names if n != input_name]
+    sess = ortu.session(with_outputs(model, names))
     binding = sess.io_binding()
     buffers: dict[str, np.ndarray] = {}
     bound_batch = -1
@@ -118,7 +123,8 @@ def collect(
                 except Exception as exc:  # noqa: BLE001 -- ORT raises untyped errors; name the batch
                     raise DataError(f"ONNX Runtime failed on calibration batch {b}: {exc}") from exc
                 current = buffers
-            for name in names:
+            current = {**current, input_name: x}
+            for name in check_order:
                 arr = current[name]
                 if arr.size == 0:
                     continue

@@ -44,7 +44,10 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     with open(path, "rb") as fh:
         try:
             version = np.lib.format.read_magic(fh)
-            shape, fortran, dtype = np.lib.format._read_array_header(fh, version)  # noqa: SLF001
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         except ValueError as exc:
             raise DataError(f"cannot read {path} as a .npy array: {exc}") from exc
         if fortran:
@@ -112,7 +115,7 @@ def open_data(spec: str | Path, model_input: TensorInfo, *, count: int | None, s
     c, h, w = shape[1], shape[2], shape[3]
     if not all(isinstance(d, int) for d in (c, h, w)):
         raise DataError(f"model input {model_input.name!r} has dynamic C/H/W {list(shape)}; image data needs fixed sizes")
-    pre = Preprocessing.for_input_shape((1, int(c), int(h), int(w)))  # type: ignore[arg-type]
+    pre = Preprocessing.for_input_shape((1, int(c), int(h), int(w)))
     n = count or 256
     if text == "demo":
         files = [p for s in demo_sources(split) for p in s.paths]

@@ -44,7 +44,7 @@ def _trt_version(args: argparse.Namespace) -> str | None:
         from ..targets import get_target
 
         return str(get_target(args.target).default_trt_version)
-    return args.trt_version
+    return str(args.trt_version) if args.trt_version else None
 
 
 def default_outdir(model: Path, name: str | None) -> Path:
