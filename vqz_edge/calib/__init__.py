@@ -48,7 +48,7 @@ class CalibrationOptions:
     method: str = "entropy"
     percentile: float = 99.99
     num_images: int = 256
-    batch_size: int = 16
+    batch_size: int = 8
     trt_version: str = DEFAULT_TRT_VERSION
     version: int = 1
 

@@ -109,13 +109,13 @@ def collect(
             x = np.ascontiguousarray(x, dtype=np.float32)
             if b == 0 or x.shape[0] != bound_batch:
                 # Learn output shapes for this batch size, then let ORT write into our own buffers.
-                outs = ortu.run(sess, {input_name: x}, names)
-                buffers = {n: np.empty_like(o) for n, o in zip(names, outs)}
+                # The outputs of this plain run become the bound buffers of the following runs.
+                current = dict(zip(names, ortu.run(sess, {input_name: x}, names)))
+                buffers = current
                 binding = sess.io_binding()
                 for n, buf in buffers.items():
                     binding.bind_output(n, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
                 bound_batch = x.shape[0]
-                current = dict(zip(names, outs))
             else:
                 binding.bind_cpu_input(input_name, x)
                 try:

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = p.add_argument_group("data")
     d.add_argument("--data", help="folder of images, a preprocessed FILE.npy (N,C,H,W), or 'demo' (bundled photos)")
     d.add_argument("--num-images", type=int, help="calibration samples to use (default 256)")
-    d.add_argument("--batch-size", type=int, help="samples per ONNX Runtime run (default 16); memory scales with it")
+    d.add_argument("--batch-size", type=int, help="samples per ONNX Runtime run (default 8); peak memory scales with it, not with --num-images")
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
                    help="threshold per tensor (default entropy); auto = MSE for non-negative tensors, entropy for signed")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             method=args.method or cs.method,
             percentile=args.percentile if args.percentile is not None else cs.percentile,
             num_images=args.num_images or cs.num_images,
-            batch_size=args.batch_size or (cs.batch_size if spec else 16),
+            batch_size=args.batch_size or cs.batch_size,
             trt_version=_trt_version(args) or "10.3.0",
         )
     except ValueError as exc:
