@@ -59,7 +59,7 @@ def worker(job: str, model: Path, calib: Path, out: Path) -> dict[str, object]:
 
         method = "auto" if job == "vqz-auto" else "entropy"
         n = int(np.load(calib, mmap_mode="r").shape[0])
-        calibrate(model, calib, out, CalibrationOptions(method=method, num_images=n, batch_size=BATCH))
+        calibrate(model, calib, out, CalibrationOptions(method=method, num_images=n, batch_size=BATCH), preset="none")
     else:
         from onnxruntime.quantization import (
             CalibrationDataReader,

@@ -30,7 +30,7 @@ from vqz_edge.engine_manifest import (
     up_to_date,
     write_engine_and_manifest,
 )
-from vqz_edge.errors import DependencyError, InputError
+from vqz_edge.errors import DependencyError, EngineBuildError, InputError
 from vqz_edge.fsutil import sha256_file
 from vqz_edge.policy.plan import LayerDecision, ResolvedPlan
 from vqz_edge.policy.resolve import resolve
@@ -41,7 +41,6 @@ from vqz_edge.trt.calibrator import CalibrationFeed
 from vqz_edge.trt.compat import TrtVersion, tensorrt_available
 from vqz_edge.trt.constraints import (
     CacheVerdict,
-    EngineBuildError,
     NetLayer,
     NetTensor,
     NetworkDesc,

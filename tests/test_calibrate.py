@@ -179,9 +179,14 @@ def test_mobilenet_calibration_outputs(mobilenet_calibrated: Path, mobilenet_onn
     q = onnx.load(str(out / "model.qdq.onnx"))
     onnx.checker.check_model(q)
     convs = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm")]
-    assert all(_producer(q, n.input[0]).op_type == "DequantizeLinear" for n in convs)
+    assert all(_producer(q, n.input[0]).op_type == "DequantizeLinear" for n in convs if n.op_type == "Conv")
+    gemm = next(n for n in convs if n.op_type == "Gemm")
+    assert _producer(q, gemm.input[0]).op_type != "DequantizeLinear", "the FP32 head gets no Q/DQ"
     plan = json.loads((out / "plan.json").read_text())
-    assert sum(1 for layer in plan["layers"] if layer["precision"] == "int8") == 63
+    # preset cnn: every Conv/Gemm/residual Add INT8 except the final head (FP32)
+    assert sum(1 for layer in plan["layers"] if layer["precision"] == "int8") == 62
+    head = next(layer for layer in plan["layers"] if layer["name"] == "/classifier/classifier.1/Gemm")
+    assert head["precision"] == "fp32" and "final head" in head["rule"]
     with np.load(out / "histograms.npz") as z:
         assert z["t0000_counts"].shape == (2048,)
 

@@ -63,3 +63,25 @@ class CalibrationError(VqzError):
     """Calibration statistics could not be computed (e.g. NaN/Inf in an activation)."""
 
     exit_code = 6
+
+
+class BudgetError(VqzError):
+    """A model does not fit the memory budget of its target; raised before any context is created."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, *, hint: str | None = None, report: object | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+
+
+class EngineBuildError(VqzError):
+    """TensorRT could not parse or build the network, or the engine breaks the precision plan."""
+
+    exit_code = 8
+
+
+class DeviceRuntimeError(VqzError):
+    """TensorRT or CUDA failed while loading or running an engine on the device."""
+
+    exit_code = 9

@@ -169,7 +169,7 @@ class PrecisionSpec:
 
     def __post_init__(self) -> None:
         _choice(self.default, ("fp32", "fp16", "int8"), "precision.default")
-        _choice(self.preset, ("cnn", "vit", "vlm-vision"), "precision.preset")
+        _choice(self.preset, ("cnn", "vit", "vlm-vision", "none"), "precision.preset")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ..fsutil import atomic_write_bytes, canonical_json, sha256_bytes
 from ..log import get_logger
 from ..onnx_io import graph_inputs, load_model
 from ..policy.plan import ResolvedPlan
-from ..policy.resolve import Resolution, resolve
+from ..policy.resolve import Resolution, resolve_spec
 from ..progress import ProgressFactory
 from ..spec import CALIBRATION_METHODS, PrecisionRule
 from ..trt.compat import parse_trt_version
@@ -154,9 +154,16 @@ def calibrate(
     options: CalibrationOptions | None = None,
     *,
     rules: Sequence[PrecisionRule] = (),
+    preset: str = "cnn",
+    default_precision: str = "int8",
     model_name: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> CalibrationResult:
+    """Calibrate ``model_path`` on ``data`` and write the artifacts to ``outdir``.
+
+    ``preset`` ('cnn', 'vit', 'vlm-vision' or 'none') and ``rules`` resolve the precision plan that the Q/DQ
+    model follows; 'none' with no rules puts every quantizable layer in INT8.
+    """
     opts = options or CalibrationOptions()
     model_path = Path(model_path)
     model = load_model(model_path)
@@ -169,7 +176,9 @@ def calibrate(
     model_bytes = model_path.read_bytes()
     onnx_sha = sha256_bytes(model_bytes)
     name = model_name or model_path.parent.name or model_path.stem
-    resolution = resolve(model, rules, model_name=name, onnx_sha256=onnx_sha)  # fails fast on bad rules
+    # resolve the plan first: a bad rule fails before any expensive work
+    resolution = resolve_spec(model, model_name=name, onnx_sha256=onnx_sha, rules=rules, preset=preset,
+                              default=default_precision)
 
     t0 = time.perf_counter()
     tensors = calibration_tensors(model)

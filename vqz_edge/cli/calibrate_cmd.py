@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = p.add_argument_group("target")
     t.add_argument("--trt-version", help="TensorRT version of the device, stamps the cache header (default 10.3.0)")
     t.add_argument("--target", help="a target from 'vqz-edge targets': its default JetPack's TensorRT version")
+    pol = p.add_argument_group("precision policy")
+    pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
+                     help="preset rules (default: the spec's, else cnn = final head FP32); none = every layer INT8")
     o = p.add_argument_group("spec and output")
     o.add_argument("--spec", type=Path, help="build spec (TOML): calibration defaults and precision rules")
     o.add_argument("-o", "--output", type=Path, help="output directory (default calibration/<model>/)")
@@ -80,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     outdir = args.output or default_outdir(args.model, name)
     result = calibrate(
         args.model, data, outdir, opts, rules=spec.precision.rules if spec else (), model_name=name,
+        preset=args.preset or (spec.precision.preset if spec else "cnn"),
+        default_precision=spec.precision.default if spec else "int8",
         progress=None if args.quiet or args.json else tqdm_factory,
     )
     if args.json:

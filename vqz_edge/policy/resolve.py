@@ -132,3 +132,19 @@ def resolve(
         warnings.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/residual Add)")
     plan = ResolvedPlan(model=model_name, onnx_sha256=onnx_sha256, layers=tuple(layers))
     return Resolution(plan, unmatched, warnings)
+
+
+def resolve_spec(
+    model: onnx.ModelProto,
+    *,
+    model_name: str,
+    onnx_sha256: str,
+    rules: Sequence[PrecisionRule] = (),
+    preset: str = "cnn",
+    default: str = "int8",
+) -> Resolution:
+    """Presets first (final head FP32, transformer specifics), then the user's rules, which override."""
+    from .presets import preset_rules
+
+    return resolve(model, rules, model_name=model_name, onnx_sha256=onnx_sha256, default=default,
+                   preset_rules=preset_rules(model, preset))

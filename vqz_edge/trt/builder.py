@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import DependencyError, InputError
+from ..errors import DependencyError, EngineBuildError, InputError
 from ..fsutil import atomic_write_bytes, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..progress import ProgressBar, ProgressFactory, make_bar
@@ -46,7 +46,6 @@ from .constraints import (
     BuildDecision,
     CacheVerdict,
     ConstraintSet,
-    EngineBuildError,
     NetLayer,
     NetTensor,
     NetworkDesc,

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import InputError, VqzError
+from ..errors import InputError
 from ..fsutil import canonical_json, sha256_bytes
 from ..policy.plan import ResolvedPlan
 from .compat import TrtVersion
@@ -31,12 +31,6 @@ INT8_COMPUTE_TYPES = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "FULLY_
 # Layer types that never get a precision constraint (no arithmetic, or they define the types).
 UNCONSTRAINED_TYPES = ("CONSTANT", "SHAPE", "QUANTIZE", "DEQUANTIZE", "CAST", "ASSERTION")
 EXPECTED_ALGORITHM = "EntropyCalibration2"
-
-
-class EngineBuildError(VqzError):
-    """TensorRT could not parse or build the network, or the engine breaks the precision plan."""
-
-    exit_code = 7
 
 
 # --- the parsed network, as plain data ---------------------------------------------------------

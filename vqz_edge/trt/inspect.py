@@ -23,8 +23,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import EngineBuildError
 from ..policy.plan import ResolvedPlan
-from .constraints import EngineBuildError, expected_precision, onnx_nodes_from_metadata
+from .constraints import expected_precision, onnx_nodes_from_metadata
 
 _RANK = {"int8": 0, "fp16": 1, "fp32": 2}
 # Data movement, not arithmetic: a reformat feeding an FP32 layer has an INT8 input by design.

@@ -1,0 +1,134 @@
+"""vqz-edge run ENGINE_OR_ONNX --input IMAGE... [--top-k 5]"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    from .targets_cmd import add_targets_file
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
+                   help="auto: TensorRT for engines, ONNX Runtime (CPU) for .onnx (default)")
+    g.add_argument("--target", metavar="NAME",
+                   help="check the memory budget against this target before loading (default: the engine's target; "
+                   "for .onnx on ONNX Runtime: this host's free memory)")
+    add_targets_file(g)
+    g.add_argument("--no-memory-check", action="store_true", help="skip the budget check before loading")
+    g.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from . import add_common
+
+    p = sub.add_parser(
+        "run",
+        help="run an engine or ONNX model on images: top-k labels for classifiers, raw outputs otherwise",
+        description="Preprocess images (resize, center crop, ImageNet normalisation, sized from the model's input) "
+        "and run them through a TensorRT engine (on the device) or an .onnx model (ONNX Runtime, any host). "
+        "Classifiers with 1000 outputs print ImageNet labels; other models print output shapes and statistics.",
+    )
+    p.add_argument("model", metavar="ENGINE_OR_ONNX", type=Path, help="engine directory, .engine file, or .onnx")
+    p.add_argument("--input", "-i", nargs="+", required=True, type=Path, metavar="IMAGE",
+                   help="image files (or .npy arrays already preprocessed to the model's input shape)")
+    p.add_argument("--top-k", type=int, default=5, help="labels to print per image for classifiers (default 5)")
+    add_runtime_options(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _layout(shape: tuple[int, ...]) -> str:
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[3] in (1, 3):
+        return "NHWC"
+    return "NCHW"
+
+
+def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> Any:
+    """Images -> float32 batch for an input of ``shape`` (batch dim ignored); .npy files are stacked as is."""
+    import numpy as np
+
+    from ..data import Preprocessing, load_array_file, load_image, preprocess
+    from ..errors import DataError
+
+    if any(p.suffix == ".npy" for p in paths):
+        arrays = [np.asarray(load_array_file(p), dtype=np.float32) for p in paths]
+        batch = np.concatenate([a if a.ndim == len(shape) else a[None] for a in arrays])
+        return batch
+    concrete = tuple(d if d > 0 else 1 for d in shape)
+    if len(concrete) != 4 or any(d <= 0 for d in shape[1:]):
+        raise DataError(f"cannot preprocess images for input shape {list(shape)}: need a 4-D image input with "
+                        "concrete C, H, W", hint="pass preprocessed .npy arrays instead")
+    layout = _layout(concrete)
+    pre = Preprocessing.for_input_shape(concrete, layout=layout)
+    return np.stack([preprocess(load_image(p, pre.channels), pre) for p in paths])
+
+
+def classify(logits: Any, k: int, labels: list[str]) -> list[list[dict[str, Any]]]:
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    rows_sum = x.sum(axis=1)
+    probs = x if (np.all(x >= 0) and np.allclose(rows_sum, 1.0, atol=1e-3)) else None
+    if probs is None:
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    out = []
+    for row in probs:
+        idx = np.argsort(-row)[:k]
+        out.append([{"index": int(i), "label": labels[i] if i < len(labels) else str(i), "prob": float(row[i])} for i in idx])
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..errors import InputError
+    from ..runtime import open_runner
+    from . import emit_json
+
+    if args.top_k <= 0:
+        raise InputError(f"--top-k must be positive, got {args.top_k}")
+    runner = open_runner(
+        args.model, target=args.target, backend=args.backend, max_batch=len(args.input),
+        check_memory=not args.no_memory_check, targets_files=args.targets_file, threads=args.threads,
+    )
+    with runner:
+        if len(runner.inputs) != 1:
+            raise InputError(f"{args.model} has {len(runner.inputs)} inputs; 'vqz-edge run' feeds single-input models",
+                             hint="use vqz_edge.runtime.open_runner(...).run({...}) from Python")
+        info = runner.inputs[0]
+        batch = load_inputs(args.input, info.shape)
+        step = runner.max_batch or len(batch)
+        outs: dict[str, list[Any]] = {}
+        for s in range(0, len(batch), step):
+            for name, arr in runner.run({info.name: batch[s:s + step]}).items():
+                outs.setdefault(name, []).append(arr)
+        results = {k: np.concatenate(v) for k, v in outs.items()}
+        desc = runner.describe()
+    first = next(iter(results.values()))
+    doc: dict[str, Any] = {"model": str(args.model), "backend": desc["backend"], "inputs": [str(p) for p in args.input],
+                           "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "min": float(v.min()),
+                                           "max": float(v.max()), "mean": float(v.mean()), "std": float(v.std())}
+                                       for k, v in results.items()}}
+    if first.ndim == 2 and first.shape[1] == 1000:
+        from ..demo import imagenet_labels
+
+        top = classify(first, args.top_k, imagenet_labels())
+        doc["top_k"] = [{"input": str(p), "predictions": t} for p, t in zip(args.input, top)]
+    if args.json:
+        emit_json(doc)
+        return 0
+    print(f"{args.model} ({desc['backend']}), {len(args.input)} input(s)")
+    if "top_k" in doc:
+        for entry in doc["top_k"]:
+            print(f"  {entry['input']}")
+            for p in entry["predictions"]:
+                print(f"    {p['prob']:6.1%}  {p['label']} ({p['index']})")
+    else:
+        for name, st in doc["outputs"].items():
+            print(f"  {name}: shape {st['shape']} {st['dtype']}  min {st['min']:.4g}  max {st['max']:.4g}  "
+                  f"mean {st['mean']:.4g}  std {st['std']:.4g}")
+    return 0
