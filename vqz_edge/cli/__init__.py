@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit_json({"error": exc.message, "hint": exc.hint, "type": type(exc).__name__, "exit_code": exc.exit_code})
         print(f"vqz-edge {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. piped into head: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- silence the flush at exit
+        return 0
     except KeyboardInterrupt:
         print("vqz-edge: interrupted; nothing was written", file=sys.stderr)
         return 130
