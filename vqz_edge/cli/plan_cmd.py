@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import InputError
+from ..spec import Spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def onnx_for_spec(spec, explicit: Path | None) -> Path:  # type: ignore[no-untyped-def]
+def onnx_for_spec(spec: Spec, explicit: Path | None) -> Path:
     if explicit:
         return explicit
     if spec.model.source.lower().endswith(".onnx"):
