@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     say(format_fidelity(rep.outputs).replace("  output:", "                "))
 
     est = estimate_onnx(model_path, batch=1, precision="auto")
-    verdicts = []
+    verdicts: list[dict[str, Any]] = []
     for target in list_targets():
         report = check_budget(target, est.items, subject=str(model_path))
         verdicts.append({"target": target.name, "fits": report.fits, "headroom_mib": report.headroom_bytes / 2**20})
