@@ -1,0 +1,244 @@
+"""vqz-edge vlm plan|export|audit -- the asymmetric VLM recipe (vision + connector FP16, LLM 4-bit)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_DOES_NOT_FIT = 7  # same as check-memory (BudgetError)
+
+
+def _hw(text: str) -> tuple[int, int]:
+    from ..errors import InputError
+
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"image size {text!r} is not of the form HxW, e.g. 672x672") from None
+    if h <= 0 or w <= 0:
+        raise InputError(f"image size {text!r} must be positive")
+    return h, w
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from . import add_common
+
+    p = sub.add_parser(
+        "vlm",
+        help="vision-language models: memory plan, vision export + 4-bit LLM config, quantization audit",
+        description="The asymmetric VLM recipe: the vision tower and connector stay FP16 (TensorRT), only the LLM "
+        "backbone goes to 4 bit (bitsandbytes NF4), with the skip list generated from the module tree and an audit "
+        "of what actually got quantized.",
+    )
+    vsub = p.add_subparsers(dest="vlm_command", metavar="SUBCOMMAND")
+    vsub.required = True
+
+    pl = vsub.add_parser(
+        "plan",
+        help="memory plan of a VLM on a Jetson target, from the config alone",
+        description="Parameters per component, bytes per precision, KV cache, visual tokens, activation peaks and a "
+        "verdict through the same budget model as check-memory; the largest context that fits. MODEL is a "
+        "transformers model directory, a config.json, or a shipped config name (see --list). --all prints the "
+        "seed's table beside ours and the fit of every shipped config on every catalog target. "
+        f"Exit code 0: fits; {EXIT_DOES_NOT_FIT}: does not fit.",
+    )
+    pl.add_argument("model", nargs="?", metavar="MODEL_DIR|CONFIG.json|NAME")
+    g = pl.add_argument_group("target")
+    g.add_argument("--target", "-t", metavar="NAME", help="catalog target, e.g. orin-nx-16gb (vqz-edge targets)")
+    g.add_argument("--targets-file", type=Path, action="append", default=[], metavar="TOML",
+                   help="extra [[target]] definitions (repeatable; also read from $VQZ_EDGE_TARGETS)")
+    g.add_argument("--os-reserve-mib", type=float, help="override the target's OS + services reserve (MiB)")
+    g.add_argument("--trt-version", help="TensorRT version on the device (default: the target's JetPack)")
+    q = pl.add_argument_group("precision")
+    q.add_argument("--llm", default="nf4", choices=("fp16", "int8", "nf4", "int4"),
+                   help="LLM backbone weights (default nf4; embeddings and LM head stay fp16)")
+    q.add_argument("--vision", default="fp16", metavar="fp16|int8",
+                   help="vision tower + connector (default fp16). Below INT8 is refused; int8 needs --fidelity-report")
+    q.add_argument("--fidelity-report", type=Path, metavar="FILE",
+                   help="JSON of `vqz-edge evaluate --json` measuring the INT8 vision encoder against FP16")
+    q.add_argument("--min-vision-cosine", type=float, default=0.99,
+                   help="cosine the fidelity report must reach for --vision int8 (default 0.99)")
+    q.add_argument("--no-double-quant", action="store_true", help="plan NF4 without double quantization (4.5 bits)")
+    w = pl.add_argument_group("workload")
+    w.add_argument("--context", type=int, default=2048, help="LLM sequence length incl. image tokens (default 2048)")
+    w.add_argument("--images", type=int, default=1, help="images per request (default 1)")
+    w.add_argument("--batch", type=int, default=1, help="concurrent sequences (default 1)")
+    w.add_argument("--image-size", type=_hw, metavar="HxW", help="LLaVA-NeXT: image size (default: the worst case)")
+    w.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
+                   help="sdpa: fused kernels, no T^2 scores (default); eager: materialised attention scores")
+    w.add_argument("--logits", default="last", choices=("last", "all"),
+                   help="prefill logits for the last position (generate, default) or all positions (forward)")
+    w.add_argument("--llm-runtime-mib", type=float, default=512.0,
+                   help="PyTorch + bitsandbytes runtime allowance beyond the CUDA context (default 512, not measured)")
+    o = pl.add_argument_group("report")
+    o.add_argument("--all", action="store_true",
+                   help="the seed's table beside ours and the fit matrix of every shipped config on every target")
+    o.add_argument("--list", action="store_true", help="list the shipped configs with their sources")
+    add_common(pl)
+    pl.set_defaults(func=run_plan)
+
+    ex = vsub.add_parser(
+        "export",
+        help="vision tower + connector -> one verified ONNX (FP16 plan) and the LLM's NF4 config",
+        description="Load a transformers LLaVA / LLaVA-NeXT / Mllama model directory on the CPU, export the vision "
+        "tower and connector to OUTDIR/vision.onnx, verify it against torch on real photos (cosine of every visual "
+        "token), and write plan.json (all FP16), quantization_config.json (bitsandbytes NF4 with the skip list "
+        "generated from the module tree) and vlm_export.json. Nothing is written when verification fails.",
+    )
+    ex.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    ex.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output directory")
+    eg = ex.add_argument_group("export")
+    eg.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    eg.add_argument("--samples", type=int, default=4, help="images used to verify (default 4)")
+    eg.add_argument("--min-cosine", type=float, default=0.9999, help="minimum visual-token cosine (default 0.9999)")
+    eg.add_argument("--compute-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                    help="bnb_4bit_compute_dtype of the generated config (default float16)")
+    add_common(ex)
+    ex.set_defaults(func=run_export)
+
+    au = vsub.add_parser(
+        "audit",
+        help="load a VLM and prove what got quantized (fails on 4-bit vision, quantized LM head, dead skip entries)",
+        description="Load MODEL_DIR on the CPU (quantized with --quantization-config if given) and report per "
+        "component the Linear layers by class and dtype and the parameter bytes. Fails (exit 5, naming the modules) "
+        "when a vision-tower or connector layer is below FP16, when the LM head was quantized, or when a skip entry "
+        "matched no module / no Linear layer.",
+    )
+    au.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    au.add_argument("--quantization-config", type=Path, metavar="FILE",
+                    help="bitsandbytes config JSON to load with (e.g. the one vlm export wrote)")
+    au.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
+                    help="dtype of what stays unquantized (default: the checkpoint's)")
+    add_common(au)
+    au.set_defaults(func=run_audit)
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+def _targets_files(args: argparse.Namespace) -> list[Path]:
+    return list(getattr(args, "targets_file", []) or [])
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..memory import MIB
+    from ..targets import get_target
+    from ..vlm.configs import SHIPPED, load_shipped, load_vlm_config
+    from ..vlm.memory import PlanOptions, plan_vlm
+    from . import emit_json
+
+    if args.list:
+        rows = [load_shipped(n) for n in SHIPPED]
+        if args.json:
+            emit_json({"shipped": [c.summary() for c in rows]})
+            return 0
+        for c in rows:
+            src = c.source or {}
+            print(f"{c.name:24} {c.architecture:36} {src.get('hub_id', '')}")
+            print(f"{'':24} {src.get('config_url', '')}")
+        return 0
+    if args.all:
+        return _run_all(args)
+    if not args.model:
+        raise InputError("vlm plan needs MODEL_DIR|CONFIG.json|NAME (or --all / --list)",
+                         hint=f"shipped configs: {', '.join(SHIPPED)}")
+    if not args.target:
+        raise InputError("vlm plan needs --target NAME", hint="list targets with: vqz-edge targets")
+    try:
+        opts = PlanOptions(
+            llm=args.llm, vision=args.vision, context=args.context, images=args.images, batch=args.batch,
+            attention=args.attention, logits=args.logits, image_hw=args.image_size,
+            double_quant=not args.no_double_quant, llm_runtime_bytes=int(args.llm_runtime_mib * MIB),
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    cfg = load_vlm_config(args.model)
+    target = get_target(args.target, _targets_files(args))
+    reserve = int(args.os_reserve_mib * MIB) if args.os_reserve_mib is not None else None
+    try:
+        plan = plan_vlm(cfg, target, opts, fidelity_report=args.fidelity_report,
+                        min_vision_cosine=args.min_vision_cosine, os_reserve_bytes=reserve,
+                        trt_version=args.trt_version)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if args.json:
+        emit_json(plan.to_dict())
+    else:
+        print(plan.table())
+    return 0 if plan.fits else EXIT_DOES_NOT_FIT
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from ..targets import list_targets
+    from ..vlm.table import fit_matrix, matrix_text, seed_rows, seed_table_text
+    from . import emit_json
+
+    rows = seed_rows()
+    cells = fit_matrix(targets=list_targets(_targets_files(args)), context=args.context, images=args.images,
+                       attention=args.attention)
+    if args.json:
+        emit_json({"seed_table": [r.to_dict() for r in rows], "fit_matrix": [c.to_dict() for c in cells],
+                   "context": args.context, "images": args.images, "attention": args.attention})
+        return 0
+    print(seed_table_text(rows))
+    print()
+    print(matrix_text(cells, args.context))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..progress import tqdm_factory
+    from ..vlm.export import VisionExportOptions, export_vision
+    from . import emit_json
+
+    try:
+        opts = VisionExportOptions(opset=args.opset, samples=args.samples, min_cosine=args.min_cosine,
+                                   compute_dtype=args.compute_dtype)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    res = export_vision(args.model_dir, args.output, opts, progress=None if (args.quiet or args.json) else tqdm_factory)
+    if args.json:
+        emit_json(res.to_dict())
+        return 0
+    print(f"exported the vision tower + connector of {res.model} ({res.family}) -> {res.onnx_path} "
+          f"({res.nodes} nodes, {res.seconds:.1f}s)")
+    for i in res.inputs:
+        print(f"  input  {i['name']}: {i['shape']} {i['dtype']}")
+    for o in res.outputs:
+        print(f"  output {o['name']}: {o['shape']} {o['dtype']}")
+    print(f"  verified against torch on {res.tokens_compared} visual tokens: min cosine {res.min_cosine:.6f}, "
+          f"mean {res.mean_cosine:.6f}, max abs err {res.max_abs_error:.3g}")
+    print(f"  data: {res.data_note}")
+    print(f"  BatchNormalization {res.batchnorm_before} -> {res.batchnorm_after}; LayerNormalization nodes "
+          f"{res.layernorm_nodes} (kept for TensorRT)")
+    print(f"  precision plan (all FP16): {res.plan_path}")
+    print(f"  LLM NF4 config, {res.skip_modules} skip entries generated from the module tree: {res.quant_config_path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- audit
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from ..vlm.audit import audit_directory
+    from ..vlm.errors import AuditFailed
+    from . import emit_json
+
+    if not args.verbose:  # bitsandbytes warns at import that an optional CPU kernel package is absent (harmless)
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    report = audit_directory(args.model_dir, args.quantization_config, dtype=args.dtype)
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print(report.table())
+    if not report.ok:
+        print(f"vqz-edge vlm audit: FAIL: {len(report.failures)} problem(s); see above", file=sys.stderr)
+        return AuditFailed.exit_code
+    return 0
