@@ -1,0 +1,63 @@
+"""vqz-edge status --root DIR [--json]"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from pathlib import Path
+
+    from . import add_common
+
+    p = sub.add_parser(
+        "status",
+        help="device: what is installed, what happened last (also after a crash)",
+        description="Report the current release, the history, the kept releases and the last operation from the "
+        "install root's journal -- including an operation that was interrupted (power loss, kill -9) and at which "
+        "stage. Read-only. Exit code 0 when current points to a working release, 1 otherwise.",
+    )
+    p.add_argument("--root", required=True, type=Path, metavar="DIR", help="install root")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _op_line(op: dict[str, Any]) -> str:
+    text = f"{op['kind']} {op.get('bundle_id') or ''} -> {op['result']}".replace("  ", " ")
+    if op["result"] == "failed":
+        text += f": {op.get('reason')}"
+    if op["result"] == "interrupted":
+        text += f" after stage '{op['last_stage']}': {op.get('explanation')}"
+        if not op.get("switched"):
+            text += " (cleaned up)" if op.get("recovered") else " (the next install/rollback cleans up)"
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bundle.install import status
+    from . import emit_json
+
+    st = status(args.root)
+    if args.json:
+        emit_json(st)
+        return 0 if st["healthy"] else 1
+    cur = st["current"]
+    if cur is None:
+        print(f"{st['root']}: nothing installed" + (" (current is a dangling link!)" if st["current_link_dangling"] else ""))
+    else:
+        smoke = cur.get("smoke") or {}
+        print(f"{st['root']}: current = {cur['bundle_id']} (version {cur['bundle_version']}, {cur['backend']}, "
+              f"{cur['device_key']})")
+        print(f"  serving {cur['served']}; smoke min cosine {smoke.get('min_cosine')} at install; "
+              f"{'healthy' if st['healthy'] else 'ARTIFACT MISSING'}")
+    print(f"  history: {' -> '.join(e['bundle_id'] for e in st['history']) or '-'}; "
+          f"highest bundle version {st['highest_bundle_version']}")
+    if not st["state_consistent"]:
+        print("  note: state.json lags behind current (an interrupted operation); the next install/rollback completes it")
+    if st["last_operation"]:
+        print(f"  last operation: {_op_line(st['last_operation'])}")
+    li = st["last_interrupted"]
+    if li and (not st["last_operation"] or li["op_id"] != st["last_operation"]["op_id"]):
+        print(f"  last interrupted: {_op_line(li)}")
+    return 0 if st["healthy"] else 1
