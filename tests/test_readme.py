@@ -37,7 +37,7 @@ def test_every_shown_subcommand_exists() -> None:
     known = set(sub.choices)  # type: ignore[arg-type]
     shown = set()
     for line in _code_lines():
-        m = re.match(r"^(?:\$ )?(?:\.venv/bin/)?vqz-edge (\S+)", line)
+        m = re.match(r"^(?:\$ )?(?:\.venv/bin/)?vqz-edge ([a-z][a-z-]*)(?:\s|$)", line)
         if m and not m.group(1).startswith("-"):
             shown.add(m.group(1))
     assert shown, "the README shows vqz-edge commands"
