@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,3 +151,187 @@ def evaluate(
     return FidelityReport(str(reference if isinstance(reference, Path) else "<model>"),
                           str(candidate if isinstance(candidate, Path) else "<model>"),
                           data_description, samples, [a.result() for a in acc])
+
+
+# ---- retrieval: image and text embeddings ---------------------------------------------------------------------
+#
+# Leave-one-out retrieval over a labelled set: every item with at least one other item of its label is a query
+# once, the gallery (the "index") is every other item, and a hit is a gallery item with the query's label (image
+# data: the same source photo; text: the paraphrase of the query; items without a positive, such as hard-negative
+# sentences, only act as distractors). Recall@K = share of queries with a hit among their K nearest gallery items
+# (cosine similarity of L2-normalised embeddings). Three cases: reference queries against a reference index,
+# candidate against candidate, and the cross case -- candidate (e.g. INT8) queries against a reference
+# (FP32/FP16) index, which is how a quantized query encoder meets an index embedded once at full precision.
+# Neighbour agreement says how often the candidate's ranking keeps the reference's nearest neighbour.
+
+RETRIEVAL_KS = (1, 5)
+
+
+def _normalise(e: np.ndarray) -> np.ndarray:
+    e = e.reshape(e.shape[0], -1).astype(np.float64)
+    n = np.linalg.norm(e, axis=1, keepdims=True)
+    out: np.ndarray = e / np.where(n > 0, n, 1.0)
+    return out
+
+
+def _ranking(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Gallery indices by decreasing similarity for each query, the query's own index excluded (leave-one-out;
+    queries and gallery index the same items)."""
+    sim = _normalise(queries) @ _normalise(gallery).T
+    np.fill_diagonal(sim, -np.inf)
+    order: np.ndarray = np.argsort(-sim, axis=1, kind="stable")[:, :-1]
+    return order
+
+
+def recall_at_k(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray,
+                ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
+    """Leave-one-out Recall@K: share of queries (items with another item of their label) with an item of their
+    label among the K nearest others."""
+    labels = np.asarray(labels)
+    if queries.shape[0] != gallery.shape[0] or queries.shape[0] != labels.shape[0]:
+        raise InputError(f"retrieval needs as many queries as gallery items and labels, got {queries.shape[0]}, "
+                         f"{gallery.shape[0]}, {labels.shape[0]}")
+    order = _ranking(queries, gallery)
+    hits = labels[order] == labels[:, None]
+    has_positive = hits.any(axis=1)
+    if not has_positive.any():
+        raise InputError("no retrieval query has a positive (another item with its label)")
+    return {f"R@{k}": float(np.mean(np.any(hits[has_positive, :k], axis=1))) for k in ks}
+
+
+@dataclass
+class RetrievalReport:
+    reference: str
+    candidate: str
+    data: str
+    items: int
+    labels: int
+    queries: int  # items with a positive
+    recall: dict[str, dict[str, float]]  # 'reference' / 'candidate' / 'cross' -> {'R@1': .., 'R@5': ..}
+    neighbour_top1: float  # candidate's nearest neighbour == the reference's (same index, own embeddings)
+    neighbour_overlap5: float  # mean |top-5 cand & top-5 ref| / 5
+    embedding_cosine: float  # mean cosine between reference and candidate embeddings of the same item
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": "retrieval",
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "data": self.data,
+            "items": self.items,
+            "labels": self.labels,
+            "queries": self.queries,
+            "recall": self.recall,
+            "neighbour_top1_agreement": self.neighbour_top1,
+            "neighbour_overlap_at_5": self.neighbour_overlap5,
+            "mean_embedding_cosine": self.embedding_cosine,
+            "definition": "leave-one-out: every item that has a positive queries all other items; a hit shares "
+                          "its label. cross = candidate queries against the reference index.",
+        }
+
+
+def embed(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], output: str | None = None) -> np.ndarray:
+    """The model's first output (or ``output``) for every batch of named feeds, concatenated."""
+    sess = ortu.session(model)
+    names = [o.name for o in graph_outputs(model)]
+    out = output or names[0]
+    if out not in names:
+        raise InputError(f"output {out!r} is not a graph output; outputs are {names}")
+    parts = [ortu.run(sess, dict(f), [out])[0] for f in feeds]
+    if not parts:
+        raise InputError("retrieval data yielded no samples")
+    return np.concatenate(parts)
+
+
+def retrieval_evaluate(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    labels: Sequence[str] | np.ndarray,
+    *,
+    data_description: str,
+    reference_name: str = "<reference>",
+    candidate_name: str = "<candidate>",
+) -> RetrievalReport:
+    ref_in = [i.name for i in graph_inputs(reference)]
+    if ref_in != [i.name for i in graph_inputs(candidate)]:
+        raise InputError(f"models take different inputs: {ref_in} vs {[i.name for i in graph_inputs(candidate)]}")
+    labels = np.asarray(labels)
+    r = embed(reference, feeds)
+    c = embed(candidate, feeds)
+    if r.shape != c.shape:
+        raise InputError(f"embedding shapes differ: reference {r.shape}, candidate {c.shape}")
+    if r.shape[0] != labels.shape[0]:
+        raise InputError(f"{r.shape[0]} embeddings but {labels.shape[0]} labels")
+    counts = {x: int(np.sum(labels == x)) for x in set(labels.tolist())}
+    if len(counts) < 2 or max(counts.values()) < 2:
+        raise InputError("retrieval data needs at least two labels and an item with a positive (same label)")
+    queries = int(sum(v for v in counts.values() if v >= 2))
+    rank_r, rank_c = _ranking(r, r), _ranking(c, c)
+    overlap = np.mean([len(set(a[:5]) & set(b[:5])) / 5 for a, b in zip(rank_r, rank_c)])
+    cos = np.sum(_normalise(r) * _normalise(c), axis=1)
+    return RetrievalReport(
+        reference_name, candidate_name, data_description, int(r.shape[0]), len(counts), queries,
+        {"reference": recall_at_k(r, r, labels), "candidate": recall_at_k(c, c, labels),
+         "cross": recall_at_k(c, r, labels)},
+        float(np.mean(rank_r[:, 0] == rank_c[:, 0])), float(overlap), float(np.mean(cos)),
+    )
+
+
+def image_retrieval_data(spec: str | Path, model_input: Any, per_source: int = 10,
+                         batch: int = 32) -> tuple[list[dict[str, np.ndarray]], list[str], str]:
+    """Crops of held-out photos labelled by source photo: ``per_source`` crops of every image file (the first
+    is the whole photo, the others random regions and flips). 'demo' = the demo's evaluation split."""
+    from ..data.images import demo_sources, folder_sources
+    from .datasource import open_data
+
+    text = str(spec)
+    sources = demo_sources("evaluation") if text == "demo" else folder_sources(Path(text))
+    files = [s.name for s in sources for _ in s.paths]
+    count = len(files) * per_source
+    src = open_data(spec, model_input, count=count, split="evaluation")
+    feeds = [{model_input.name: x} for x in src.batches(batch)]
+    labels = [files[i % len(files)] for i in range(count)]
+    desc = (f"{per_source} crops of each of {len(files)} held-out photos ({len(sources)} source scenes, "
+            f"{'demo evaluation split' if text == 'demo' else text}); label = source photo")
+    return feeds, labels, desc
+
+
+def text_retrieval_data(spec: str | Path, tokenizer: Path | None, input_names: Sequence[str], length: int,
+                        batch: int = 16) -> tuple[list[dict[str, np.ndarray]], list[str], str]:
+    """Paraphrase pairs labelled by pair: 'sentences' = the built-in set (vqz_edge.export.hf.SENTENCE_PAIRS, plus
+    one hard negative per pair as a distractor), or a UTF-8 file with one tab-separated pair per line. Tokenized with ``tokenizer`` (a transformers tokenizer
+    directory; default the packaged MiniLM's)."""
+    from ..errors import DataError
+    from ..export.hf import HARD_NEGATIVES, SENTENCE_PAIRS, minilm_path, tokenize
+
+    negatives: list[str] = []
+    if str(spec) in ("sentences", "demo"):
+        pairs = list(SENTENCE_PAIRS)
+        negatives = list(HARD_NEGATIVES)
+        where = f"built-in set of {len(pairs)} paraphrase pairs + {len(negatives)} hard-negative distractors"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"text data {path} does not exist", hint="one tab-separated paraphrase pair per line")
+        pairs = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not all(p.strip() for p in parts):
+                raise DataError(f"{path}:{i}: expected two tab-separated sentences, got {len(parts)} field(s)")
+            pairs.append((parts[0].strip(), parts[1].strip()))
+        if len(pairs) < 2:
+            raise DataError(f"{path} holds {len(pairs)} pair(s); retrieval needs at least 2")
+        where = f"{path} ({len(pairs)} paraphrase pairs)"
+    texts = [s for p in pairs for s in p] + negatives
+    labels = [f"pair{i // 2:04d}" for i in range(2 * len(pairs))] + [f"neg{i:04d}" for i in range(len(negatives))]
+    tok_dir = tokenizer or minilm_path()
+    enc = tokenize(texts, tok_dir, length)
+    missing = [n for n in input_names if n not in enc]
+    if missing:
+        raise InputError(f"the text model takes inputs {list(input_names)}; the tokenizer gives {sorted(enc)}")
+    feeds = [{n: enc[n][i : i + batch] for n in input_names} for i in range(0, len(texts), batch)]
+    desc = f"{where}, tokenized by {Path(tok_dir).name} to length {length}; label = paraphrase pair"
+    return feeds, labels, desc

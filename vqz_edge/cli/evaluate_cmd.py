@@ -18,10 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
     p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
+    p.add_argument("--task", choices=["fidelity", "retrieval"], default="fidelity",
+                   help="fidelity (default): output agreement metrics; retrieval: Recall@1/@5 of embeddings "
+                   "(reference, candidate, and candidate queries against a reference index)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", required=True, help="folder of images, FILE.npy, or 'demo' (the evaluation split)")
+    d.add_argument("--data", required=True,
+                   help="folder of images, FILE.npy, or 'demo' (the evaluation split); retrieval with a text "
+                   "encoder: 'sentences' (built-in paraphrase pairs) or a file of tab-separated pairs")
     d.add_argument("--num-images", type=int, default=1000, help="samples (default 1000)")
     d.add_argument("--batch-size", type=int, default=50)
+    r = p.add_argument_group("retrieval")
+    r.add_argument("--crops-per-source", type=int, default=10,
+                   help="image retrieval: crops per held-out photo, labelled by photo (default 10)")
+    r.add_argument("--tokenizer", type=Path,
+                   help="text retrieval: a transformers tokenizer directory (default: the packaged MiniLM's)")
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON here (e.g. fidelity.json)")
     add_common(p)
     p.set_defaults(func=run)
@@ -39,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.output)
     ref = load_model(args.reference)
     cand = load_model(args.candidate)
+    if args.task == "retrieval":
+        return _retrieval(args, ref, cand)
     src = open_data(args.data, graph_inputs(ref)[0], count=args.num_images, split="evaluation")
     report = evaluate(
         ref, cand, src.batches(args.batch_size), total_batches=math.ceil(src.count / args.batch_size),
@@ -65,3 +77,45 @@ def format_fidelity(outputs: list[dict]) -> str:  # type: ignore[type-arg]
                      *parts, f"KL {o['mean_kl']:.4f}"]
         lines.append(f"  {o['name']}: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _retrieval(args: argparse.Namespace, ref: object, cand: object) -> int:
+    from ..calib.evaluate import image_retrieval_data, retrieval_evaluate, text_retrieval_data
+    from ..errors import InputError
+    from ..fsutil import atomic_write_json
+    from ..onnx_io import graph_inputs
+    from . import emit_json
+
+    infos = graph_inputs(ref)  # type: ignore[arg-type]
+    if args.crops_per_source < 2:
+        raise InputError("--crops-per-source must be at least 2 (a query needs a positive)")
+    if len(infos) == 1 and len(infos[0].shape) == 4 and infos[0].dtype.startswith("float"):
+        feeds, labels, desc = image_retrieval_data(args.data, infos[0], args.crops_per_source, args.batch_size)
+    elif all(i.dtype.startswith("int") for i in infos) and all(len(i.shape) == 2 for i in infos):
+        length = infos[0].shape[1]
+        if not isinstance(length, int):
+            raise InputError(f"text input {infos[0].name!r} has a dynamic sequence length {infos[0].shape}; "
+                             "export it with a fixed length")
+        feeds, labels, desc = text_retrieval_data(args.data, args.tokenizer, [i.name for i in infos], length)
+    else:
+        raise InputError(f"retrieval takes an image encoder (one N,C,H,W float input) or a text encoder (int token "
+                         f"inputs of shape N,L); this model takes {[i.to_dict() for i in infos]}")
+    report = retrieval_evaluate(ref, cand, feeds, labels, data_description=desc,  # type: ignore[arg-type]
+                                reference_name=str(args.reference), candidate_name=str(args.candidate))
+    doc = report.to_dict()
+    if args.output:
+        atomic_write_json(args.output, doc)
+    if args.json:
+        emit_json(doc)
+        return 0
+    print(f"retrieval: {args.candidate} vs {args.reference}")
+    print(f"  data: {desc} ({report.items} items, {report.queries} queries with a positive)")
+    print(f"  {'queries -> index':34s} {'R@1':>6s} {'R@5':>6s}")
+    names = {"reference": "reference -> reference (FP32)", "candidate": "candidate -> candidate",
+             "cross": "candidate -> reference index"}
+    for key in ("reference", "candidate", "cross"):
+        rec = report.recall[key]
+        print(f"  {names[key]:34s} {rec['R@1'] * 100:5.1f}% {rec['R@5'] * 100:5.1f}%")
+    print(f"  nearest neighbour kept: {report.neighbour_top1 * 100:.1f}%, top-5 overlap {report.neighbour_overlap5 * 100:.1f}%, "
+          f"mean embedding cosine {report.embedding_cosine:.4f}")
+    return 0

@@ -152,16 +152,33 @@ def _export_from_onnx(src: Path, out: Path, opts: ExportOptions) -> ExportResult
     )
 
 
-def _torch_outputs(model: Any, x: np.ndarray, batch: int) -> list[np.ndarray]:
+def _torch_outputs(model: Any, x: np.ndarray | dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+    """Run ``model`` on ``x`` (one array, or named arrays passed positionally in order) in batches."""
     import torch
 
+    arrays = list(x.values()) if isinstance(x, dict) else [x]
     parts = []
     with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            y = model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch])))
+        for i in range(0, arrays[0].shape[0], batch):
+            y = model(*[torch.from_numpy(np.ascontiguousarray(a[i : i + batch])) for a in arrays])
+            if hasattr(y, "to_tuple"):  # a transformers ModelOutput
+                y = y.to_tuple()
             ys = list(y) if isinstance(y, (tuple, list)) else [y]
             parts.append([t.detach().cpu().numpy() for t in ys])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _model_inputs(model: Any, opts: ExportOptions) -> tuple[dict[str, np.ndarray], list[str], int]:
+    """Verification/tracing feeds: the model's own ``export_inputs(n)`` when it defines one (text encoders:
+    token ids, several inputs), else real photo crops for one image input. Returns (feeds, notes, batch)."""
+    custom = getattr(model, "export_inputs", None)
+    if callable(custom):
+        feeds, notes = custom(opts.verify_samples)
+        return dict(feeds), list(notes), 1
+    shape = opts.input_shape or (1, 3, 224, 224)
+    info = TensorInfo(opts.input_names[0], shape, "float32")
+    feeds, notes = real_inputs([info], [shape], opts.verify_samples)
+    return feeds, notes, shape[0]
 
 
 def _export_from_torch(source: str, out: Path, opts: ExportOptions) -> ExportResult:
@@ -169,31 +186,34 @@ def _export_from_torch(source: str, out: Path, opts: ExportOptions) -> ExportRes
 
     torch = import_torch()
     t0 = time.perf_counter()
-    shape = opts.input_shape or (1, 3, 224, 224)
     model = load_torch_model(source, opts.weights)
-    info = TensorInfo(opts.input_names[0], shape, "float32")
-    feeds, notes = real_inputs([info], [shape], opts.verify_samples)
-    x = feeds[info.name]
-    batch = shape[0]
+    feeds, notes, batch = _model_inputs(model, opts)
+    first = {k: v[:batch] for k, v in feeds.items()}
+    n = next(iter(feeds.values())).shape[0]
+    shape = next(iter(feeds.values())).shape
     try:
-        reference = _torch_outputs(model, x[:batch], batch)
+        reference = _torch_outputs(model, first, batch)
     except RuntimeError as exc:
         raise InputError(
-            f"model {source!r} does not accept input shape {'x'.join(map(str, shape))}: {str(exc).splitlines()[0]}",
+            f"model {source!r} does not accept input shape {'x'.join(map(str, (batch, *shape[1:])))}: "
+            f"{str(exc).splitlines()[0]}",
             hint="pass --input-shape with the shape the model expects, e.g. 1x3x224x224",
         ) from exc
     original = copy.deepcopy(model)
-    example = torch.from_numpy(np.ascontiguousarray(x[:batch]))
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in first.values())
+    example = tensors[0] if len(tensors) == 1 else tensors
     folded = fold_batchnorm_torch(model, example)
+    input_names = tuple(feeds) if callable(getattr(model, "export_inputs", None)) else opts.input_names
     with tempfile.TemporaryDirectory(prefix="vqz-export-") as tmp:
         raw_path = Path(tmp) / "raw.onnx"
-        export_onnx(model, example, raw_path, input_names=opts.input_names, output_names=opts.output_names,
+        export_onnx(model, example, raw_path, input_names=input_names, output_names=opts.output_names,
                     opset=opts.opset, dynamic_batch=opts.dynamic_batch)
         raw = onnx.load(str(raw_path))
     bn_raw = count_ops(raw, "BatchNormalization")
     new, report = remove_batchnorm(raw)
-    reference = _torch_outputs(original, x, batch if not opts.dynamic_batch else x.shape[0])
-    got = _run_onnx(new, feeds, batch if not opts.dynamic_batch else x.shape[0])
+    onnx_feeds = dict(zip(input_names, feeds.values()))
+    reference = _torch_outputs(original, feeds, batch if not opts.dynamic_batch else n)
+    got = _run_onnx(new, onnx_feeds, batch if not opts.dynamic_batch else n)
     names = [o.name for o in graph_outputs(new)]
     errors = compare(names, reference, got)
     _check_tolerance(errors, opts, f"ONNX export of {source}")

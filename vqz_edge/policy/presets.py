@@ -2,8 +2,8 @@
 
 * every preset: the final head (the last quantizable layers before a graph output) stays FP32;
 * ``vit``: Softmax and LayerNorm in FP32; the layers next to Softmax/GELU/LayerNorm (Q.K^T and attn.V
-  matmuls, the FFN layer that consumes GELU, the projections that feed LayerNorm) and the attention Q/K
-  projections stay FP16 -- Q/K are the most sensitive, the FFN up-projection the least;
+  matmuls, the FFN layer that consumes GELU, the projections and residual Adds that feed LayerNorm) and the
+  attention Q/K projections stay FP16 -- Q/K are the most sensitive, the FFN up-projection the least;
 * ``vlm-vision``: the vision encoder of a VLM and its connector are FP16 throughout (INT8 only where a
   rule asks and a fidelity report backs it; 4-bit is refused by the resolver).
 Each preset rule is a node-exact PrecisionRule with a label saying why, so the plan records it.
@@ -94,6 +94,22 @@ def _nearest_quantizable(model: onnx.ModelProto, start: Iterable[str], downstrea
     return found
 
 
+def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], inits: set[str]) -> set[str]:
+    """Quantizable residual Adds that produce ``tensors`` (directly or through shape-only ops). In transformers
+    they carry the residual stream -- the tensor with the large outlier channels -- into a LayerNorm; measured on
+    all-MiniLM-L6-v2 they are its most INT8-sensitive layers (see docs/sensitivity.md)."""
+    producers = _producers(model)
+    hops = {"Reshape", "Transpose", "Identity", "Cast", "Squeeze", "Unsqueeze"}
+    found: set[str] = set()
+    for tensor in tensors:
+        node = producers.get(tensor)
+        while node is not None and node.op_type in hops:
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type == "Add" and is_quantizable(node, inits):
+            found.add(node.name)
+    return found
+
+
 def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """node name -> (precision, why) for the vit preset."""
     inits = _initializers(model)
@@ -115,6 +131,8 @@ def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
         out.setdefault(name, ("fp16", "preset vit: consumes GELU output (twin-peaked)"))
     for name in _nearest_quantizable(model, ln_in, False, inits):
         out.setdefault(name, ("fp16", "preset vit: feeds LayerNorm"))
+    for name in _residual_adds_into(model, ln_in, inits):
+        out.setdefault(name, ("fp16", "preset vit: residual Add feeds LayerNorm (outliers of the residual stream)"))
     # Q/K projections: by name (HF ViT query/key, CLIP/SigLIP q_proj/k_proj), else the matmuls feeding Q.K^T
     producers = _producers(model)
     for node in model.graph.node:

@@ -1,0 +1,117 @@
+"""vqz-edge sensitivity MODEL.onnx --calibration OUTDIR --data EVAL [--target 0.995] [--report DIR]"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from . import add_common
+
+    p = sub.add_parser(
+        "sensitivity",
+        help="layer-wise INT8 sensitivity, calibration diagnostics, automatic mixed-precision plan",
+        description="Quantize one layer (or block) at a time with the calibrated ranges, everything else FP32, and "
+        "measure the damage against FP32 on held-out data; rank the units. --reverse: all INT8 except one. "
+        "Diagnostics from the calibration histograms (twin-peaked distributions, outliers, per-channel weight "
+        "spread), each with a suggestion. --target: the smallest set of units kept above INT8 (FP16) that meets the "
+        "target, written as precision rules and a plan, verified on further held-out samples.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 ONNX that was calibrated")
+    p.add_argument("--calibration", type=Path, required=True, metavar="OUTDIR",
+                   help="output directory of 'vqz-edge calibrate' (summary.json, histograms.npz)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help="held-out data: folder of images, FILE.npy, or 'demo' (evaluation split)")
+    d.add_argument("--num-images", type=int, default=256, help="samples for the sweep and the plan search (default 256)")
+    d.add_argument("--verify-images", type=int, default=1000,
+                   help="with --target: further samples (after the sweep's) to verify the plan on (default 1000)")
+    d.add_argument("--batch-size", type=int, default=32)
+    s = p.add_argument_group("sweep")
+    s.add_argument("--granularity", choices=["layer", "block"], default="layer",
+                   help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
+    s.add_argument("--block-depth", type=int, help="block = the first N components of the module scope")
+    s.add_argument("--metric", choices=["cosine", "agreement", "sqnr"], default="cosine",
+                   help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB")
+    s.add_argument("--reverse", action="store_true", help="all INT8 except one unit (gain of keeping it FP16)")
+    s.add_argument("--output-name", help="graph output to measure (default: the first)")
+    s.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
+                   help="recompute every threshold from the stored histograms (default: the calibrated amax)")
+    s.add_argument("--percentile", type=float, default=99.99)
+    s.add_argument("--refine-thresholds", action="store_true",
+                   help="re-pick each quantized tensor's threshold (entropy/MSE/percentiles/max) by output loss on "
+                   "calibration data before the sweep; writes a calibration.cache with the result")
+    s.add_argument("--refine-data", help="calibration data for --refine-thresholds (default: the calibration's, if demo)")
+    s.add_argument("--refine-images", type=int, default=64, help="calibration samples for --refine-thresholds (default 64)")
+    pol = p.add_argument_group("precision policy")
+    pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
+                     help="layers a preset pins above INT8 stay there (default: the spec's preset, else none)")
+    pol.add_argument("--spec", type=Path, help="build spec: its [[precision.rules]] apply before the sweep")
+    t = p.add_argument_group("automatic plan")
+    t.add_argument("--target", type=float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
+    t.add_argument("--min-agreement", type=float, help="also require this top-1 agreement, e.g. 0.92")
+    t.add_argument("--max-kept", type=int, help="never keep more than N units above INT8")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", type=Path,
+                   help="where sensitivity.json (and with --target plan.json, precision_rules.toml, model.qdq.onnx) go "
+                   "(default OUTDIR/sensitivity)")
+    o.add_argument("--report", type=Path, metavar="DIR", help="write PNG plots and a self-contained report.html here")
+    o.add_argument("--top", type=int, default=15, help="rows of the console ranking (default 15)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..progress import tqdm_factory
+    from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
+    from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
+    from ..spec import load_spec
+    from . import emit_json
+
+    spec = load_spec(args.spec) if args.spec else None
+    preset = args.preset or (spec.precision.preset if spec else "none")
+    try:
+        options = SweepOptions(granularity=args.granularity, metric=args.metric, reverse=args.reverse,
+                               block_depth=args.block_depth)
+        target = None
+        if args.target is not None:
+            target = TargetOptions(target=args.target, min_agreement=args.min_agreement, max_kept=args.max_kept)
+        elif args.min_agreement is not None or args.max_kept is not None:
+            raise InputError("--min-agreement and --max-kept only apply with --target")
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    outdir = args.output or args.calibration / "sensitivity"
+    result, cal = analyze(
+        args.model, args.calibration, args.data, options, target=target, num_images=args.num_images,
+        verify_images=args.verify_images, batch_size=args.batch_size, preset=preset,
+        rules=spec.precision.rules if spec else (), method=args.method, percentile=args.percentile,
+        output=args.output_name, refine=args.refine_thresholds, refine_data=args.refine_data,
+        refine_images=args.refine_images, progress=None if args.quiet or args.json else tqdm_factory,
+    )
+    files = write_outputs(result, outdir, args.model, cache_version(cal))
+    if args.report:
+        files.update({f"report:{k}": v for k, v in write_report(result, cal.histograms, args.report).items()})
+    if args.json:
+        doc = result.to_dict()
+        doc["files"] = {k: str(v) for k, v in sorted(files.items())}
+        emit_json(doc)
+        return 0
+    a = result.all_int8
+    print(f"{result.model}: {result.options.granularity} sensitivity on {result.data} "
+          f"({result.evaluations} evaluations, {sum(result.seconds.values()):.0f}s)")
+    print(f"all {len(result.units)} {result.options.granularity}s INT8: cosine {a.cosine:.4f}"
+          + (f", top-1 agreement {a.agreement * 100:.1f}%" if a.agreement is not None else "")
+          + (f", SQNR {a.sqnr_db:.1f} dB" if a.sqnr_db is not None else ""))
+    if result.refined:
+        print(f"thresholds {result.thresholds}: {len(result.refined)} tensors changed")
+    print(format_ranking(result, args.top))
+    print(format_diagnostics(result))
+    if result.auto is not None:
+        print(format_auto_plan(result))
+        if result.auto.resolution.unmatched_rules:
+            print("WARNING: rules that matched no layer: " + ", ".join(result.auto.resolution.unmatched_rules))
+    for key, path in sorted(files.items()):
+        print(f"  {key:24s} {path}")
+    return 0

@@ -1,0 +1,77 @@
+"""Compact console tables for ``vqz-edge sensitivity`` (plain text; the CLI prints them)."""
+
+from __future__ import annotations
+
+from ..sensitivity.sweep import LOSS_LABEL, SensitivityResult
+
+
+def _short(name: str, width: int) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def _pct(x: float | None) -> str:
+    return "   -  " if x is None else f"{x * 100:5.1f}%"
+
+
+def format_ranking(result: SensitivityResult, top: int = 15, width: int = 52) -> str:
+    metric = result.options.metric
+    kept = set(result.auto.kept) if result.auto else set()
+    head = f"{'#':>3} {'unit':{width}s} {'op':6s} {LOSS_LABEL[metric][:12]:>12s} {'cosine':>8s} {'top-1':>6s} {'MMACs':>7s}  flags"
+    lines = [head]
+    for r in result.units[:top]:
+        ops = ",".join(sorted(set(r.unit.op_types)))[:6]
+        mark = " [FP16]" if r.unit.name in kept else ""
+        lines.append(f"{r.rank:3d} {_short(r.unit.name, width):{width}s} {ops:6s} {r.score:12.4g} {r.metrics.cosine:8.5f} "
+                     f"{_pct(r.metrics.agreement)} {r.macs / 1e6:7.2f}  {','.join(r.flags)}{mark}")
+    if len(result.units) > top:
+        lines.append(f"    ... {len(result.units) - top} more units (see sensitivity.json / the HTML report)")
+    return "\n".join(lines)
+
+
+def format_diagnostics(result: SensitivityResult, limit: int = 12) -> str:
+    if not result.flags:
+        return "diagnostics: no flags"
+    counts: dict[str, int] = {}
+    for f in result.flags:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    lines = ["diagnostics: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    order = {"twin_peak": 0, "outliers": 1, "channel_spread": 2}
+    for f in sorted(result.flags, key=lambda f: (order.get(f.kind, 9), -f.value))[:limit]:
+        lines.append(f"  [{f.kind}] {_short(f.tensor, 60)}: {f.detail}")
+        lines.append(f"      -> {f.suggestion}")
+    if len(result.flags) > limit:
+        lines.append(f"  ... {len(result.flags) - limit} more (see the report)")
+    return "\n".join(lines)
+
+
+def format_auto_plan(result: SensitivityResult) -> str:
+    a = result.auto
+    if a is None:
+        return ""
+    m = a.metric
+    s = a.share
+    cond = f"{m} >= {a.options.target}" + (
+        f" and top-1 agreement >= {a.options.min_agreement}" if a.options.min_agreement is not None else "")
+    lines = [
+        f"automatic plan ({cond}): keep {len(a.kept)} unit(s) above INT8 -> "
+        f"{'MET' if a.met else 'NOT MET'} on the {result.samples} sweep samples",
+        f"  sweep samples:   all INT8 {m} {a.baseline.value(m):.4f} top-1 {_pct(a.baseline.agreement).strip()}  ->  "
+        f"plan {m} {a.achieved.value(m):.4f} top-1 {_pct(a.achieved.agreement).strip()}",
+    ]
+    v = a.verification
+    if v:
+        key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[m]
+        b, p = v["baseline_all_int8"], v["plan"]
+        lines.append(f"  verification ({v['samples']} other held-out samples): all INT8 {m} {b[key]:.4f} top-1 "
+                     f"{_pct(b['agreement']).strip()}  ->  plan {m} {p[key]:.4f} top-1 {_pct(p['agreement']).strip()}"
+                     f"  {'MET' if v['met'] else 'NOT MET'}")
+        if p.get("agreement_confident") is not None:
+            lines.append(f"    top-1 agreement where FP32 is confident (softmax >= 0.5, {p['confident_share'] * 100:.0f}% of "
+                         f"samples): all INT8 {_pct(b['agreement_confident']).strip()} -> plan "
+                         f"{_pct(p['agreement_confident']).strip()}")
+    lines.append(f"  above INT8: {s['compute_layers_above_int8']}/{s['compute_layers']} compute layers "
+                 f"({s['layers_share'] * 100:.1f}%; Conv/Gemm {s['conv_gemm_layers_above_int8']}/{s['conv_gemm_layers']}), "
+                 f"{s['macs_share'] * 100:.1f}% of MACs, {s['params_share'] * 100:.1f}% of params")
+    for u in a.kept:
+        lines.append(f"    FP16  {u}")
+    return "\n".join(lines)

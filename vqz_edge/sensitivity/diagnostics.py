@@ -1,0 +1,213 @@
+"""Diagnostics from calibration statistics: why a tensor is hard to quantize, each with a suggestion.
+
+Three tests, all on data calibration already has (the 2048-bin |x| histograms, the chosen amax, the weights):
+
+* **twin-peaked** activations (post-softmax attention probabilities, ReLU6 outputs that saturate): most
+  values sit near zero while a second mode sits near the top of the range. The |x| histogram is re-binned
+  into 32 bins over [0, max|x|]; the tensor is twin-peaked when
+    - at least ``TWIN_LOW_SHARE`` (50%) of the values lie in the lowest 1/8 of the range,
+    - the highest bin of the upper half (the *top peak*, with its two neighbours) holds at least
+      ``TWIN_PEAK_SHARE`` (0.02%) of the values -- a population, not a handful of outliers,
+    - and that bin is at least ``TWIN_PROMINENCE`` (2x) as full as the emptiest bin between the zero region
+      and the peak: the density dips and rises again (a decaying long tail never does).
+  One symmetric int8 scale then has to choose between clipping the top peak (entropy/percentile do) and
+  leaving the dense region near zero a handful of levels (max does).
+* **outliers**: ``max|x| / p99.9(|x|)`` >= ``OUTLIER_RATIO`` (8): a max threshold wastes most levels on
+  rare values; a clipping threshold (entropy/percentile) drops them.
+* **per-channel weight range spread**: per output channel absmax, ``max / min`` over channels >=
+  ``SPREAD_RATIO`` (32): a per-tensor weight scale leaves the weakest channel fewer than 127/32 ~ 4 levels.
+  Typical of depthwise convolutions after BatchNorm folding; per-channel scales (which vqz-edge writes and
+  TensorRT uses) are what makes them quantizable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..calib.histogram import AbsHistogram
+from ..calib.qdq import weight_axis
+from .units import quantized_inputs
+
+COARSE_BINS = 32
+TWIN_LOW_SHARE = 0.5
+TWIN_PEAK_SHARE = 2e-4
+TWIN_PROMINENCE = 2.0
+OUTLIER_RATIO = 8.0
+SPREAD_RATIO = 32.0
+KINDS = ("twin_peak", "outliers", "channel_spread")
+
+
+@dataclass(frozen=True)
+class TwinPeak:
+    twin: bool
+    low_share: float  # share of values in the lowest 1/8 of [0, max|x|]
+    peak_position: float  # centre of the top peak as a fraction of max|x|
+    peak_share: float  # share of values in the top peak (3 coarse bins)
+    valley_ratio: float  # top-peak bin count / emptiest bin between (inf when the valley is empty)
+
+
+def _coarse(hist: AbsHistogram, bins: int = COARSE_BINS) -> np.ndarray | None:
+    counts = hist.counts.astype(np.float64)
+    top = hist.amax
+    if counts.sum() == 0 or hist.range == 0.0 or top <= 0:
+        return None
+    width = hist.range / hist.nbins
+    centers = (np.arange(hist.nbins) + 0.5) * width
+    idx = np.minimum((centers / top * bins).astype(np.int64), bins - 1)
+    return np.bincount(idx, weights=counts, minlength=bins)[:bins]
+
+
+def twin_peak(hist: AbsHistogram) -> TwinPeak:
+    """The twin-peak test on one |x| histogram (see the module docstring)."""
+    cc = _coarse(hist)
+    if cc is None:
+        return TwinPeak(False, 1.0, 0.0, 0.0, 0.0)
+    total = cc.sum()
+    k = COARSE_BINS
+    low = float(cc[: k // 8].sum() / total)
+    j = k // 2 + int(np.argmax(cc[k // 2 :]))
+    peak_share = float(cc[max(j - 1, k // 2) : j + 2].sum() / total)
+    between = cc[k // 8 : j]
+    valley = float(between.min()) if between.size else float(cc[j])
+    ratio = float("inf") if valley == 0 else float(cc[j] / valley)
+    twin = low >= TWIN_LOW_SHARE and peak_share >= TWIN_PEAK_SHARE and cc[j] > 0 and ratio >= TWIN_PROMINENCE
+    return TwinPeak(bool(twin), low, (j + 0.5) / k, peak_share, ratio)
+
+
+def percentile_abs(hist: AbsHistogram, q: float) -> float:
+    """Upper edge of the bin where the |x| CDF reaches ``q`` percent."""
+    total = hist.counts.sum()
+    if total == 0 or hist.range == 0.0:
+        return hist.amax
+    cdf = np.cumsum(hist.counts) / total
+    idx = int(np.searchsorted(cdf, q / 100.0))
+    return min(float(idx + 1) * hist.range / hist.nbins, hist.amax)
+
+
+def clipped_share(hist: AbsHistogram, amax: float) -> float:
+    """Share of values with |x| above ``amax`` (they saturate in INT8)."""
+    total = hist.counts.sum()
+    if total == 0 or hist.range == 0.0:
+        return 0.0
+    edges_hi = (np.arange(hist.nbins) + 1) * hist.range / hist.nbins
+    above = hist.counts[edges_hi > amax]
+    # the bin that straddles amax counts half: the histogram cannot say more
+    lo_edge = edges_hi - hist.range / hist.nbins
+    straddle = (lo_edge < amax) & (edges_hi > amax)
+    return float((above.sum() - 0.5 * hist.counts[straddle].sum()) / total)
+
+
+@dataclass(frozen=True)
+class Flag:
+    tensor: str
+    kind: str  # one of KINDS
+    value: float  # twin: peak share; outliers: max/p99.9; spread: max/min channel absmax
+    detail: str
+    suggestion: str
+    consumers: tuple[str, ...] = field(default_factory=tuple)  # quantizable layers that read it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, "kind": self.kind, "value": round(self.value, 6), "detail": self.detail,
+                "suggestion": self.suggestion, "consumers": list(self.consumers)}
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{x * 100:.2g}%" if x < 0.01 else f"{x * 100:.1f}%"
+
+
+def activation_flags(name: str, hist: AbsHistogram, amax: float | None, consumers: Sequence[str] = ()) -> list[Flag]:
+    flags: list[Flag] = []
+    top = hist.amax
+    tp = twin_peak(hist)
+    if tp.twin:
+        peak_at = tp.peak_position * top
+        detail = (f"{_fmt_pct(tp.low_share)} of values within {top / 8:.3g} of zero and a second peak holding "
+                  f"{_fmt_pct(tp.peak_share)} at |x|~{peak_at:.3g} (max {top:.3g})")
+        if amax is not None and amax < peak_at:
+            detail += f"; the chosen threshold {amax:.3g} clips that peak ({_fmt_pct(clipped_share(hist, amax))} of values saturate)"
+            suggestion = ("keep its consumers FP16 (for post-softmax/GELU tensors the vit preset does), or calibrate this "
+                          "tensor with max/MSE so the top peak is kept (costs resolution near zero)")
+        else:
+            levels = 127 * (top / 8) / max(amax or top, 1e-12)
+            detail += f"; with the threshold at {amax or top:.3g} the values near zero get only ~{levels:.0f} of 127 levels"
+            suggestion = "keep its consumers FP16 (the vit preset does this for Softmax/GELU neighbourhoods)"
+        flags.append(Flag(name, "twin_peak", tp.peak_share, detail, suggestion, tuple(consumers)))
+    p999 = percentile_abs(hist, 99.9)
+    if p999 > 0 and top / p999 >= OUTLIER_RATIO:
+        ratio = top / p999
+        detail = f"max |x| {top:.3g} is {ratio:.1f}x the 99.9th percentile {p999:.3g}"
+        if amax is not None:
+            detail += f"; chosen threshold {amax:.3g} clips {_fmt_pct(clipped_share(hist, amax))} of values"
+        suggestion = ("never calibrate it with max (most int8 levels would cover a few outliers); entropy/percentile "
+                      "clip them -- if the outliers carry signal (transformer residual streams, LayerNorm inputs) keep "
+                      "its consumers FP16")
+        flags.append(Flag(name, "outliers", ratio, detail, suggestion, tuple(consumers)))
+    return flags
+
+
+def weight_flag(node: onnx.NodeProto, weight: str, w: np.ndarray, index: int) -> Flag | None:
+    if w.ndim < 2:
+        return None
+    axis = weight_axis(node, index, w.ndim)
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w.astype(np.float64)), axis=reduce)
+    nonzero = amax[amax > 0]
+    if nonzero.size < 2:
+        return None
+    spread = float(nonzero.max() / nonzero.min())
+    if spread < SPREAD_RATIO:
+        return None
+    dead = int((amax == 0).sum())
+    attrs = {a.name: a.i for a in node.attribute if a.name == "group"}
+    depthwise = node.op_type == "Conv" and attrs.get("group", 1) > 1 and w.shape[1] == 1
+    detail = (f"per-channel absmax spans {spread:.0f}x ({nonzero.min():.3g} .. {nonzero.max():.3g}) over "
+              f"{amax.size} output channels{' (depthwise conv)' if depthwise else ''}"
+              + (f", {dead} all-zero channels" if dead else "")
+              + f"; a per-tensor scale would leave the weakest channel ~{127 / spread:.1f} levels")
+    suggestion = ("quantize its weights per channel (vqz-edge's Q/DQ and TensorRT do); never force per-tensor weight "
+                  "scales for it -- where a runtime only has per-tensor kernels keep this layer FP16")
+    return Flag(weight, "channel_spread", spread, detail, suggestion, (node.name,))
+
+
+def diagnose(
+    model: onnx.ModelProto,
+    histograms: Mapping[str, AbsHistogram],
+    amax: Mapping[str, float],
+    layers: Sequence[str] | None = None,
+) -> list[Flag]:
+    """Flags for the activations and weights of ``layers`` (default: every quantizable layer), in graph order."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names = set(inits)
+    wanted = set(layers) if layers is not None else None
+    consumers: dict[str, list[str]] = {}
+    weight_of: list[tuple[onnx.NodeProto, str, int]] = []
+    from ..policy.resolve import is_quantizable
+
+    for node in model.graph.node:
+        if not is_quantizable(node, names) or (wanted is not None and node.name not in wanted):
+            continue
+        acts, weights = quantized_inputs(node, names)
+        for a in acts:
+            consumers.setdefault(a, []).append(node.name)
+        for w in weights:
+            weight_of.append((node, w, list(node.input).index(w)))
+    flags: list[Flag] = []
+    for tensor, users in consumers.items():
+        hist = histograms.get(tensor)
+        if hist is not None:
+            flags.extend(activation_flags(tensor, hist, amax.get(tensor), users))
+    seen: set[str] = set()
+    for node, w, index in weight_of:
+        if w in seen:
+            continue
+        seen.add(w)
+        flag = weight_flag(node, w, numpy_helper.to_array(inits[w]), index)
+        if flag is not None:
+            flags.append(flag)
+    return flags

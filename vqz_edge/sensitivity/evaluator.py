@@ -1,0 +1,207 @@
+"""Evaluate many precision plans of one model against its FP32 reference on the same held-out data.
+
+The evaluation crops are preprocessed once and kept (a few hundred: ~150 MB at 224x224), the FP32 outputs
+are computed once; each plan then costs one Q/DQ model build and one ONNX Runtime pass. Metrics are those of
+``vqz-edge evaluate`` (same definitions, checked by a test), on the model's primary output, plus per-sample
+values so they can be broken down by source photo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .. import ort as ortu
+from ..calib.qdq import insert_qdq
+from ..errors import InputError
+from ..onnx_io import graph_inputs, graph_outputs
+from ..policy.plan import ResolvedPlan
+
+METRICS = ("cosine", "agreement", "sqnr")
+CONFIDENT = 0.5  # FP32 softmax top-1 probability above which a sample counts as confident
+
+
+@dataclass(frozen=True)
+class Metrics:
+    samples: int
+    cosine: float
+    agreement: float | None  # top-1 agreement; None when the output is not (N, classes)
+    sqnr_db: float | None  # None: identical outputs (infinite SQNR)
+    per_source: dict[str, dict[str, float]] = field(default_factory=dict)
+    # classifiers: agreement restricted to samples the FP32 model is confident about (softmax top-1 >= 0.5),
+    # and their share: top-1 flips concentrate on near-ties, which this separates (no sample is dropped above)
+    agreement_confident: float | None = None
+    confident_share: float | None = None
+
+    def value(self, metric: str) -> float:
+        """The metric, higher is better."""
+        if metric == "cosine":
+            return self.cosine
+        if metric == "agreement":
+            if self.agreement is None:
+                raise InputError("metric 'agreement' needs a classifier output (N, classes)",
+                                 hint="use --metric cosine or sqnr for this model")
+            return self.agreement
+        if metric == "sqnr":
+            return math.inf if self.sqnr_db is None else self.sqnr_db
+        raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "cosine": round(self.cosine, 6),
+            "agreement": None if self.agreement is None else round(self.agreement, 6),
+            "sqnr_db": None if self.sqnr_db is None else round(self.sqnr_db, 3),
+            "per_source": {k: {kk: round(vv, 6) for kk, vv in v.items()} for k, v in sorted(self.per_source.items())},
+            "agreement_confident": None if self.agreement_confident is None else round(self.agreement_confident, 6),
+            "confident_share": None if self.confident_share is None else round(self.confident_share, 6),
+        }
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.cos: list[np.ndarray] = []
+        self.top1: list[np.ndarray] = []
+        self.confident: list[np.ndarray] = []
+        self.signal = 0.0
+        self.noise = 0.0
+        self.classifier = True
+
+    def update(self, ref: np.ndarray, got: np.ndarray) -> None:
+        if ref.shape != got.shape:
+            raise InputError(f"reference output shape {ref.shape} != candidate shape {got.shape}")
+        r = ref.astype(np.float64).reshape(ref.shape[0], -1)
+        g = got.astype(np.float64).reshape(got.shape[0], -1)
+        self.signal += float(np.sum(r * r))
+        self.noise += float(np.sum((r - g) ** 2))
+        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+        self.cos.append(np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0))
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            self.top1.append(np.argmax(r, axis=1) == np.argmax(g, axis=1))
+            z = np.exp(r - r.max(axis=1, keepdims=True))
+            self.confident.append(z.max(axis=1) / z.sum(axis=1) >= CONFIDENT)
+        else:
+            self.classifier = False
+
+    def result(self, sources: Sequence[str] | None) -> Metrics:
+        cos = np.concatenate(self.cos) if self.cos else np.zeros(0)
+        n = int(cos.size)
+        if n == 0:
+            raise InputError("evaluation data yielded no samples")
+        top1 = np.concatenate(self.top1) if self.classifier and self.top1 else None
+        sqnr = None if self.noise == 0 else 10.0 * math.log10(max(self.signal, 1e-300) / self.noise)
+        per: dict[str, dict[str, float]] = {}
+        if sources is not None:
+            names = np.asarray(list(sources)[:n])
+            for s in sorted(set(names.tolist())):
+                mask = names == s
+                row = {"samples": float(mask.sum()), "cosine": float(cos[mask].mean())}
+                if top1 is not None:
+                    row["agreement"] = float(top1[mask].mean())
+                per[s] = row
+        conf_agr = conf_share = None
+        if top1 is not None:
+            conf = np.concatenate(self.confident)
+            conf_share = float(conf.mean())
+            conf_agr = float(top1[conf].mean()) if conf.any() else None
+        return Metrics(n, float(cos.mean()), None if top1 is None else float(top1.mean()), sqnr, per, conf_agr,
+                       conf_share)
+
+
+def _primary_index(model: onnx.ModelProto, output: str | None) -> tuple[int, str]:
+    names = [o.name for o in graph_outputs(model)]
+    if output is None:
+        return 0, names[0]
+    if output not in names:
+        raise InputError(f"output {output!r} is not a graph output; outputs are {names}")
+    return names.index(output), output
+
+
+Batch = np.ndarray | Mapping[str, np.ndarray]
+
+
+def _feeds(model: onnx.ModelProto, batch: Batch) -> dict[str, np.ndarray]:
+    """A batch as named feeds: an array feeds the single graph input; a mapping is passed as is."""
+    if isinstance(batch, np.ndarray):
+        infos = graph_inputs(model)
+        if len(infos) != 1:
+            raise InputError(f"the model takes inputs {[i.name for i in infos]}; give batches as {{name: array}}")
+        return {infos[0].name: batch}
+    return dict(batch)
+
+
+def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feeds.values())).shape[0])
+
+
+class Evaluator:
+    """Holds the evaluation batches and the FP32 outputs; evaluates plans (as Q/DQ models) against them.
+
+    ``batches``: arrays (single-input models) or ``{input name: array}`` mappings (e.g. token ids and masks).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        amax: Mapping[str, float],
+        batches: Sequence[Batch],
+        *,
+        sources: Sequence[str] | None = None,
+        output: str | None = None,
+    ) -> None:
+        self.model = model
+        self.amax = dict(amax)
+        self.batches = [_feeds(model, b) for b in batches]
+        self.sources = list(sources) if sources is not None else None
+        _, self.output = _primary_index(model, output)
+        self._reference: list[np.ndarray] | None = None
+        self.evaluations = 0
+
+    @property
+    def samples(self) -> int:
+        return sum(_batch_size(b) for b in self.batches)
+
+    def reference(self) -> list[np.ndarray]:
+        if self._reference is None:
+            sess = ortu.session(self.model)
+            self._reference = [ortu.run(sess, x, [self.output])[0] for x in self.batches]
+        return self._reference
+
+    def qdq_model(self, plan: ResolvedPlan) -> onnx.ModelProto:
+        return insert_qdq(self.model, self.amax, plan)[0]
+
+    def evaluate(self, plan: ResolvedPlan) -> Metrics:
+        ref = self.reference()
+        sess = ortu.session(self.qdq_model(plan))
+        acc = _Accumulator()
+        for x, r in zip(self.batches, ref):
+            acc.update(r, ortu.run(sess, x, [self.output])[0])
+        self.evaluations += 1
+        return acc.result(self.sources)
+
+
+def evaluate_stream(
+    model: onnx.ModelProto,
+    amax: Mapping[str, float],
+    plans: Sequence[ResolvedPlan],
+    batches: Iterable[Batch],
+    *,
+    sources: Sequence[str] | None = None,
+    output: str | None = None,
+) -> list[Metrics]:
+    """Several plans in one pass over streamed data (nothing but one batch kept): for verification runs."""
+    _, out_name = _primary_index(model, output)
+    ref_sess = ortu.session(model)
+    sessions = [ortu.session(insert_qdq(model, amax, p)[0]) for p in plans]
+    accs = [_Accumulator() for _ in plans]
+    for b in batches:
+        x = _feeds(model, b)
+        ref = ortu.run(ref_sess, x, [out_name])[0]
+        for sess, acc in zip(sessions, accs):
+            acc.update(ref, ortu.run(sess, x, [out_name])[0])
+    return [a.result(sources) for a in accs]

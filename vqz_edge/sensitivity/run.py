@@ -1,0 +1,289 @@
+"""``vqz-edge sensitivity`` as a library call: load the calibration, stream held-out data, sweep, diagnose,
+optionally find and verify the automatic plan, and write the artifacts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..calib import load_histograms
+from ..calib.cache import CalibrationCache, cache_bytes
+from ..calib.datasource import DataSource, open_data
+from ..calib.histogram import AbsHistogram
+from ..calib.thresholds import compute_amax
+from ..errors import InputError
+from ..fsutil import atomic_write_bytes, canonical_json, sha256_file
+from ..log import get_logger
+from ..onnx_io import graph_inputs, load_model
+from ..policy.resolve import resolve_spec
+from ..progress import ProgressFactory
+from ..spec import PrecisionRule
+from .diagnostics import diagnose
+from .evaluator import Evaluator, evaluate_stream
+from .sweep import SensitivityResult, SweepOptions, TargetOptions, auto_plan, plan_with, sweep, timed
+
+_log = get_logger(__name__)
+
+OUTPUT_FILES = {
+    "result": "sensitivity.json",
+    "plan": "plan.json",
+    "rules": "precision_rules.toml",
+    "qdq": "model.qdq.onnx",
+    "cache": "calibration.cache",
+}
+
+
+@dataclass
+class Calibration:
+    outdir: Path
+    amax: dict[str, float]
+    histograms: dict[str, AbsHistogram]
+    summary: dict[str, Any]
+
+
+def load_calibration(outdir: Path, model_sha256: str | None = None) -> Calibration:
+    """Read summary.json and histograms.npz of a ``vqz-edge calibrate`` output directory."""
+    outdir = Path(outdir)
+    summary_path, hist_path = outdir / "summary.json", outdir / "histograms.npz"
+    for p in (summary_path, hist_path):
+        if not p.is_file():
+            raise InputError(f"calibration directory {outdir} has no {p.name}",
+                             hint="run 'vqz-edge calibrate MODEL.onnx --data ... -o DIR' and pass --calibration DIR")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        amax = {str(k): float(v["amax"]) for k, v in summary["tensors"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{summary_path} is not a vqz-edge calibration summary: {exc}") from exc
+    made_for = summary.get("model", {}).get("sha256")
+    if model_sha256 and made_for and made_for != model_sha256:
+        raise InputError(
+            f"the calibration in {outdir} was made for a different model (sha256 {made_for[:12]}..., this model "
+            f"{model_sha256[:12]}...)", hint="calibrate this exact ONNX file first")
+    try:
+        hists = load_histograms(hist_path)
+    except (ValueError, KeyError, OSError) as exc:
+        raise InputError(f"cannot read {hist_path}: {exc}") from exc
+    return Calibration(outdir, amax, hists, summary)
+
+
+def crop_sources(src: DataSource) -> list[str] | None:
+    """Source photo of every crop, in stream order (crops go round-robin over the files), or None (npy)."""
+    from ..data.images import demo_sources, folder_sources
+
+    if src.kind == "npy":
+        return None
+    sources = demo_sources(src.split) if src.kind == "demo" else folder_sources(src.path)  # type: ignore[arg-type]
+    files = [s.name for s in sources for _ in s.paths]
+    return [files[i % len(files)] for i in range(src.count)]
+
+
+def _split_stream(batches: Iterator[np.ndarray], first: int) -> tuple[list[np.ndarray], Iterator[np.ndarray]]:
+    """The first ``first`` samples as a list of batches, and an iterator over the rest."""
+    head: list[np.ndarray] = []
+    have = 0
+    carry: list[np.ndarray] = []
+    for x in batches:
+        if have + x.shape[0] <= first:
+            head.append(x)
+            have += x.shape[0]
+        else:
+            cut = first - have
+            if cut > 0:
+                head.append(x[:cut])
+            carry.append(x[cut:])
+            have = first
+        if have >= first:
+            break
+    return head, itertools.chain(carry, batches)
+
+
+def analyze(
+    model_path: Path,
+    calibration: Path,
+    data: str | Path,
+    options: SweepOptions | None = None,
+    *,
+    target: TargetOptions | None = None,
+    num_images: int = 256,
+    verify_images: int = 1000,
+    batch_size: int = 32,
+    preset: str = "none",
+    rules: Sequence[PrecisionRule] = (),
+    method: str | None = None,
+    percentile: float = 99.99,
+    output: str | None = None,
+    refine: bool = False,
+    refine_data: str | Path | None = None,
+    refine_images: int = 64,
+    progress: ProgressFactory | None = None,
+) -> tuple[SensitivityResult, Calibration]:
+    """Sweep ``model_path`` with the ranges of ``calibration`` on held-out ``data`` (evaluation split).
+
+    ``num_images`` samples drive the sweep and the plan search; with a ``target`` the plan is verified on the
+    next ``verify_images`` samples (disjoint from the sweep samples). ``method`` recomputes every threshold
+    from the stored histograms instead of using the calibrated amax. ``refine`` then picks each quantized
+    tensor's threshold by output loss on ``refine_images`` samples of the *calibration* split of
+    ``refine_data`` (default: the calibration's own data when it was 'demo').
+    """
+    opts = options or SweepOptions()
+    if num_images <= 0 or batch_size <= 0 or verify_images < 0:
+        raise InputError("num_images and batch_size must be positive, verify_images non-negative")
+    seconds: dict[str, float] = {}
+    done = timed(seconds, "load")
+    model_path = Path(model_path)
+    model = load_model(model_path)
+    sha = sha256_file(model_path)
+    cal = load_calibration(calibration, sha)
+    amax = cal.amax
+    if method is not None:
+        amax = {n: compute_amax(h, method, percentile) for n, h in sorted(cal.histograms.items())}
+    name = model_path.parent.name if model_path.stem == "model" else model_path.stem
+    base = resolve_spec(model, model_name=name, onnx_sha256=sha, rules=rules, preset=preset).plan
+    infos = graph_inputs(model)
+    if len(infos) != 1:
+        raise InputError(f"{model_path}: the sensitivity command feeds single-input image models; inputs are "
+                         f"{[i.name for i in infos]}",
+                         hint="for multi-input models use the Python API (vqz_edge.sensitivity) with your own feeds")
+    extra = verify_images if target is not None else 0
+    src = open_data(data, infos[0], count=num_images + extra, split="evaluation")
+    sources = crop_sources(src)
+    head, rest = _split_stream(iter(src.batches(batch_size)), min(num_images, src.count))
+    thresholds = "calibrated" if method is None else f"method {method}"
+    refined: list[dict[str, Any]] = []
+    if refine:
+        done()
+        done = timed(seconds, "refine")
+        from .refine import refine_thresholds
+        from .units import build_units
+
+        spec = refine_data or _calibration_data(cal)
+        cal_src = open_data(spec, infos[0], count=refine_images, split="calibration")
+        cal_eval = Evaluator(model, amax, list(cal_src.batches(batch_size)), output=output)
+        amax, changes = refine_thresholds(model, amax, cal.histograms, base, build_units(model, base), cal_eval,
+                                          metric=opts.metric, progress=progress)
+        refined = [c.to_dict() for c in changes]
+        thresholds = f"refined on {cal_src.description}"
+    evaluator = Evaluator(model, amax, head, sources=sources[: num_images] if sources else None, output=output)
+    evaluator.reference()
+    done()
+
+    done = timed(seconds, "sweep")
+    ranked, all_int8 = sweep(model, evaluator, base, opts, progress=progress)
+    done()
+    flags = diagnose(model, cal.histograms, amax)
+    by_tensor: dict[str, list[str]] = {}
+    for f in flags:
+        by_tensor.setdefault(f.tensor, []).append(f.kind)
+    for r in ranked:
+        r.flags = tuple(sorted({k for t in (*r.unit.activations, *r.unit.weights) for k in by_tensor.get(t, [])}))
+    from .costs import layer_costs
+
+    desc = f"{src.description.split('(')[0].strip()} (evaluation split): {evaluator.samples} samples for the sweep"
+    result = SensitivityResult(
+        name, opts, desc, evaluator.samples, base, preset, ranked, all_int8, flags, layer_costs(model), amax,
+        calibration=str(calibration),
+    )
+    if target is not None:
+        done = timed(seconds, "auto_plan")
+        plan = auto_plan(model, evaluator, base, ranked, all_int8, opts.metric, target, preset=preset,
+                         spec_rules=rules, onnx_sha256=sha, progress=progress)
+        result.auto = plan
+        done()
+        done = timed(seconds, "verification")
+        n_verify = src.count - evaluator.samples if extra else 0
+        if n_verify > 0:
+            candidates = {x for r in ranked for x in r.unit.nodes}
+            baseline_plan = plan_with(base, candidates, candidates, "sensitivity: all INT8")
+            vsources = sources[evaluator.samples:] if sources else None
+            base_m, plan_m = evaluate_stream(model, amax, [baseline_plan, plan.plan], rest,
+                                             sources=vsources, output=output)
+            n_verify = plan_m.samples
+            plan.verification = {
+                "samples": n_verify,
+                "data": f"held-out samples {num_images}..{num_images + n_verify - 1} of the evaluation split "
+                        "(disjoint from the sweep samples)",
+                "baseline_all_int8": base_m.to_dict(),
+                "plan": plan_m.to_dict(),
+                "met": plan.meets(plan_m),
+            }
+        elif verify_images > 0:
+            _log.warning("no samples left for verification (data holds %d); the plan is unverified", src.count)
+        done()
+    result.seconds = seconds
+    result.evaluations = evaluator.evaluations
+    result.thresholds = thresholds
+    result.refined = refined
+    return result, cal
+
+
+def cache_version(cal: Calibration) -> int:
+    """The TensorRT version code of the calibration's cache header (TRT-<code>-EntropyCalibration2)."""
+    header = str(cal.summary.get("cache_header", ""))
+    parts = header.split("-")
+    if len(parts) == 3 and parts[1].isdigit():
+        return int(parts[1])
+    return 100300
+
+
+def _calibration_data(cal: Calibration) -> str:
+    kind = cal.summary.get("data", {}).get("kind")
+    if kind == "demo":
+        return "demo"
+    raise InputError(f"the calibration in {cal.outdir} used {kind or 'unknown'} data; give the calibration data "
+                     "for threshold refinement", hint="pass --refine-data DIR|FILE.npy")
+
+
+def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | None = None,
+                  version_code: int = 100300) -> dict[str, Path]:
+    """sensitivity.json; with an automatic plan also plan.json, precision_rules.toml and its model.qdq.onnx;
+    with re-chosen thresholds (``method``/``refine``) a calibration.cache holding them (header ``version_code``)."""
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output directory {outdir}: {exc.strerror}") from exc
+    payloads: dict[str, bytes] = {"result": canonical_json(result.to_dict()).encode()}
+    if result.thresholds != "calibrated":  # thresholds differ from the calibration's cache: write the new one
+        payloads["cache"] = cache_bytes(CalibrationCache.from_amax(result.amax, version_code))
+    if result.auto is not None:
+        a = result.auto
+        payloads["plan"] = canonical_json(a.plan.to_dict()).encode()
+        header = [
+            "generated by vqz-edge sensitivity --target; paste as the [precision] table of the build spec",
+            f"target: {a.metric} >= {a.options.target}"
+            + (f" and top-1 agreement >= {a.options.min_agreement}" if a.options.min_agreement is not None else ""),
+            f"sweep data: {result.data}; reached {a.metric} {a.achieved.value(a.metric):.4f} "
+            f"(all-INT8 {a.baseline.value(a.metric):.4f}), met: {a.met}",
+        ]
+        if a.verification:
+            v = a.verification
+            header.append(f"verified on {v['samples']} further held-out samples: {a.metric} "
+                          f"{v['plan'][_key(a.metric)]} (all-INT8 {v['baseline_all_int8'][_key(a.metric)]}), met: {v['met']}")
+        if result.thresholds != "calibrated":
+            header.append(f"thresholds: {result.thresholds} -- build with the calibration.cache written beside this file")
+        payloads["rules"] = a.rules_toml(header).encode()
+        if model_path is not None:
+            from ..calib.qdq import insert_qdq
+
+            qdq, _ = insert_qdq(onnx.load(str(model_path)), result.amax, a.plan)
+            payloads["qdq"] = qdq.SerializeToString()
+    files = {}
+    for key, data in payloads.items():
+        path = outdir / OUTPUT_FILES[key]
+        atomic_write_bytes(path, data)
+        files[key] = path
+    return files
+
+
+def _key(metric: str) -> str:
+    return {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[metric]
+
+
+__all__ = ["Calibration", "analyze", "cache_version", "crop_sources", "load_calibration", "write_outputs"]
