@@ -37,9 +37,7 @@ class _OutputAccumulator:
         g = got.astype(np.float64).reshape(got.shape[0], -1)
         self.signal += float(np.sum(r * r))
         self.noise += float(np.sum((r - g) ** 2))
-        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-        cos = np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0)
-        self.cosine_sum += float(np.sum(cos))
+        self.cosine_sum += float(np.sum(row_cosine(r, g)))
         self.samples += r.shape[0]
         if ref.ndim == 2 and ref.shape[1] > 1:
             self.classifier = True
@@ -67,6 +65,13 @@ class _OutputAccumulator:
                 mean_kl=self.kl_sum / self.samples,
             )
         return out
+
+
+def row_cosine(r: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of two (N, D) arrays; 1.0 where either row is all zeros."""
+    denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    out: np.ndarray = np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

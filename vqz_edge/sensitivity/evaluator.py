@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
+from ..calib.evaluate import row_cosine
 from ..calib.qdq import insert_qdq
 from ..errors import InputError
 from ..onnx_io import graph_inputs, graph_outputs
@@ -79,8 +80,7 @@ class _Accumulator:
         g = got.astype(np.float64).reshape(got.shape[0], -1)
         self.signal += float(np.sum(r * r))
         self.noise += float(np.sum((r - g) ** 2))
-        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-        self.cos.append(np.where(denom > 0, np.sum(r * g, axis=1) / np.where(denom > 0, denom, 1), 1.0))
+        self.cos.append(row_cosine(r, g))
         if ref.ndim == 2 and ref.shape[1] > 1:
             self.top1.append(np.argmax(r, axis=1) == np.argmax(g, axis=1))
             z = np.exp(r - r.max(axis=1, keepdims=True))
