@@ -7,8 +7,10 @@ activations exists at any time, so peak memory does not grow with the number of 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -79,6 +81,62 @@ class Statistics:
     batches: int = 0
 
 
+class _Slot:
+    """One set of output buffers bound to ORT (IOBinding). Two slots alternate so that ORT can fill one
+    while the caller histograms the other."""
+
+    def __init__(self, sess: Any, input_name: str, names: list[str]) -> None:
+        self.sess, self.input_name, self.names = sess, input_name, names
+        self.binding: Any = None
+        self.buffers: dict[str, np.ndarray] = {}
+        self.batch = -1
+
+    def run(self, b: int, x: np.ndarray) -> dict[str, np.ndarray]:
+        if x.shape[0] != self.batch:
+            # Learn the output shapes for this batch size; these outputs become the slot's bound buffers.
+            self.buffers = dict(zip(self.names, ortu.run(self.sess, {self.input_name: x}, self.names)))
+            self.binding = self.sess.io_binding()
+            for n, buf in self.buffers.items():
+                self.binding.bind_output(n, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+            self.batch = x.shape[0]
+            return self.buffers
+        self.binding.bind_cpu_input(self.input_name, x)
+        try:
+            self.sess.run_with_iobinding(self.binding)
+        except Exception as exc:  # noqa: BLE001 -- ORT raises untyped errors; name the batch
+            raise DataError(f"ONNX Runtime failed on calibration batch {b}: {exc}") from exc
+        return self.buffers
+
+
+def _pipelined(sess: Any, input_name: str, names: list[str], batches: Iterable[np.ndarray]
+               ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (index, batch, outputs) while ORT already runs the next batch in a worker thread.
+
+    ORT releases the GIL, so on a 2-core host the forward of batch b+1 overlaps the (GIL-bound) numpy
+    histogramming of batch b. A slot is reused only after the caller has finished with it.
+    """
+    slots = [_Slot(sess, input_name, names), _Slot(sess, input_name, names)]
+    it = iter(batches)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = next(it, None)
+        if first is None:
+            return
+        x = np.ascontiguousarray(first, dtype=np.float32)
+        pending: tuple[np.ndarray, Future[dict[str, np.ndarray]]] | None = (x, pool.submit(slots[0].run, 0, x))
+        b = 0
+        while pending is not None:
+            x, fut = pending
+            outputs = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                x_next = np.ascontiguousarray(nxt, dtype=np.float32)
+                pending = (x_next, pool.submit(slots[(b + 1) % 2].run, b + 1, x_next))
+            else:
+                pending = None
+            yield b, x, outputs
+            b += 1
+
+
 def collect(
     model: onnx.ModelProto,
     batches: Iterable[np.ndarray],
@@ -87,7 +145,11 @@ def collect(
     tensors: list[str] | None = None,
     progress: ProgressFactory | None = None,
 ) -> Statistics:
-    """Stream ``batches`` (float32, N x ...) through ``model`` and histogram every calibration tensor."""
+    """Stream ``batches`` (float32, N x ...) through ``model`` and histogram every calibration tensor.
+
+    At most two batches of activations exist at a time (one being histogrammed, one being computed), so
+    peak memory does not grow with the number of images.
+    """
     infos = graph_inputs(model)
     if len(infos) != 1:
         raise DataError(f"calibration feeds single-input models; this model has inputs {[i.name for i in infos]}")
@@ -99,31 +161,12 @@ def collect(
     stats = Statistics({n: AbsHistogram() for n in names})
     # the graph input is histogrammed straight from the feed (ORT does not copy an input into a bound output)
     names = [n for n in names if n != input_name]
-    sess = ortu.session(with_outputs(model, names))
-    binding = sess.io_binding()
-    buffers: dict[str, np.ndarray] = {}
-    bound_batch = -1
+    # one ORT thread: the other core histograms the previous batch meanwhile (ORT's spinning pool would steal it)
+    sess = ortu.session(with_outputs(model, names), threads=1)
     bar = make_bar(progress, "calibrating", total_batches)
     try:
-        for b, x in enumerate(batches):
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            if b == 0 or x.shape[0] != bound_batch:
-                # Learn output shapes for this batch size, then let ORT write into our own buffers.
-                # The outputs of this plain run become the bound buffers of the following runs.
-                current = dict(zip(names, ortu.run(sess, {input_name: x}, names)))
-                buffers = current
-                binding = sess.io_binding()
-                for n, buf in buffers.items():
-                    binding.bind_output(n, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
-                bound_batch = x.shape[0]
-            else:
-                binding.bind_cpu_input(input_name, x)
-                try:
-                    sess.run_with_iobinding(binding)
-                except Exception as exc:  # noqa: BLE001 -- ORT raises untyped errors; name the batch
-                    raise DataError(f"ONNX Runtime failed on calibration batch {b}: {exc}") from exc
-                current = buffers
-            current = {**current, input_name: x}
+        for b, x, outputs in _pipelined(sess, input_name, names, batches):
+            current = {**outputs, input_name: x}
             for name in check_order:
                 arr = current[name]
                 if arr.size == 0:
