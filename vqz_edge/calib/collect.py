@@ -1,8 +1,9 @@
 """Collect per-tensor |x| histograms by running ONNX Runtime on the CPU, batch by batch.
 
 The tensors of interest become extra graph outputs; ORT writes them straight into preallocated buffers
-(IOBinding), which are histogrammed in place and reused for the next batch. Only one batch of
-activations exists at any time, so peak memory does not grow with the number of images.
+(IOBinding), two sets used in turn: ORT fills one in a worker thread while the other is histogrammed in
+place. At most two batches of activations exist at any time, so peak memory does not grow with the
+number of images.
 """
 
 from __future__ import annotations
