@@ -578,6 +578,19 @@ def _build_and_verify(root: InstallRoot, bundle_dir: Path, manifest: Manifest, k
 # ------------------------------------------------------------------------------------------ operations
 
 
+def _existing_root(root_dir: Path) -> InstallRoot:
+    root = InstallRoot(root_dir)
+    if not root.root.is_dir():
+        raise InputError(f"install root {root.root} does not exist", hint="vqz-edge install BUNDLE --root DIR --key PUB")
+    return root
+
+
+def _recover(root: InstallRoot) -> list[str]:
+    """Finish or undo an operation a crash interrupted; one note per recovered operation."""
+    return [f"recovered interrupted operation {r['op_id']} (it stopped after '{r['interrupted_at']}')"
+            for r in root.recover()]
+
+
 def _new_op() -> str:
     return f"{time.time_ns()}-{os.getpid()}"
 
@@ -641,11 +654,10 @@ def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = Insta
         )
     root = InstallRoot(root_dir)
     with root.locked():
-        recovered = root.recover()
+        notes = _recover(root)
         op, kind = _new_op(), "install"
         root.journal.append(op, kind, "start", bundle=str(bundle))
         with _journalled(root, op, kind):
-            notes = [f"recovered interrupted operation {r['op_id']} (it stopped after '{r['interrupted_at']}')" for r in recovered]
             # 1. verify everything before writing anything
             vb: VerifiedBundle = verify_bundle(bundle, public_key, allow_unsigned=options.allow_unsigned)
             m = vb.manifest
@@ -711,12 +723,9 @@ def refresh(root_dir: Path, options: InstallOptions = InstallOptions(), *,
     """``vqz-edge install --root DIR`` with no bundle (e.g. at boot): if the device's JetPack/TensorRT changed
     since the current release was built, rebuild it from the kept bundle, verify, then switch."""
     t0 = time.monotonic()
-    root = InstallRoot(root_dir)
-    if not root.root.is_dir():
-        raise InputError(f"install root {root.root} does not exist", hint="vqz-edge install BUNDLE --root DIR --key PUB")
+    root = _existing_root(root_dir)
     with root.locked():
-        recovered = root.recover()
-        notes = [f"recovered interrupted operation {r['op_id']} (it stopped after '{r['interrupted_at']}')" for r in recovered]
+        notes = _recover(root)
         cur = root.current_info()
         if cur is None:
             raise InputError(f"nothing is installed in {root.root}", hint="vqz-edge install BUNDLE --root DIR --key PUB")
@@ -764,12 +773,9 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
     """Switch ``current`` back to the previous release in the history (rebuilding it for this device if
     it was built for another JetPack/TensorRT), after verifying it."""
     t0 = time.monotonic()
-    root = InstallRoot(root_dir)
-    if not root.root.is_dir():
-        raise InputError(f"install root {root.root} does not exist", hint="vqz-edge install BUNDLE --root DIR --key PUB")
+    root = _existing_root(root_dir)
     with root.locked():
-        recovered = root.recover()
-        notes = [f"recovered interrupted operation {r['op_id']} (it stopped after '{r['interrupted_at']}')" for r in recovered]
+        notes = _recover(root)
         state = root.read_state()
         hist = state["history"]
         if len(hist) < 2:
@@ -835,9 +841,7 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
 
 def status(root_dir: Path) -> dict[str, Any]:
     """What is installed, what happened last, and whether an operation was interrupted. Read-only."""
-    root = InstallRoot(root_dir)
-    if not root.root.is_dir():
-        raise InputError(f"install root {root.root} does not exist")
+    root = _existing_root(root_dir)
     cur_path = root.current_release()
     cur = root.release_info(cur_path) if cur_path else None
     dangling = root.current_link.is_symlink() and cur_path is None
