@@ -486,6 +486,15 @@ def _runner_fn(path: Path, backend: str, target: str) -> tuple[Any, Any]:
     return runner.run, runner.close
 
 
+def _smoke_test(served: Path, backend: str, manifest: Manifest, bundle_dir: Path) -> SmokeResult:
+    """Run the bundle's reference inputs through ``served`` and compare with its reference outputs."""
+    run, close = _runner_fn(served, backend, manifest.target)
+    try:
+        return run_smoke(run, bundle_dir, manifest.smoke, int(manifest.build.get("smoke_batch", 1)))
+    finally:
+        close()
+
+
 def _build_onnxruntime(bundle_dir: Path, manifest: Manifest, out: Path, progress: ProgressFactory | None) -> dict[str, Any]:
     served = manifest.artifact("qdq_onnx") or manifest.artifacts["onnx"]
     _copy_with_progress(bundle_dir / served, out / "model.onnx", progress)
@@ -538,11 +547,7 @@ def _build_and_verify(root: InstallRoot, bundle_dir: Path, manifest: Manifest, k
     else:
         built = _build_onnxruntime(bundle_dir, manifest, tmp, progress)
     root.journal.append(op, kind, "built", bundle_id=manifest.bundle_id, device_key=key, seconds=round(time.monotonic() - t0, 3))
-    run, close = _runner_fn(tmp / built["served"] if backend == "onnxruntime" else tmp, backend, manifest.target)
-    try:
-        smoke = run_smoke(run, bundle_dir, manifest.smoke, int(manifest.build.get("smoke_batch", 1)))
-    finally:
-        close()
+    smoke = _smoke_test(tmp / built["served"] if backend == "onnxruntime" else tmp, backend, manifest, bundle_dir)
     if not smoke.passed:
         raise VerificationError(
             f"smoke test failed on the new build of {manifest.bundle_id}: min cosine {smoke.min_cosine:.5f} < "
@@ -806,12 +811,8 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
             root.journal.append(op, kind, "verified", bundle_id=m.bundle_id, bundle_version=m.bundle_version, device_key=key)
             if (build / RELEASE_FILE).is_file():
                 info = root.release_info(build) or {}
-                run, close = _runner_fn(build / info.get("served", "model.onnx") if backend == "onnxruntime" else build,
-                                        backend, m.target)
-                try:
-                    smoke = run_smoke(run, bundle_dir, m.smoke, int(m.build.get("smoke_batch", 1)))
-                finally:
-                    close()
+                served = build / info.get("served", "model.onnx") if backend == "onnxruntime" else build
+                smoke = _smoke_test(served, backend, m, bundle_dir)
                 if not smoke.passed:
                     raise VerificationError(
                         f"the previous release {root.rel(build)} no longer passes its smoke test "
