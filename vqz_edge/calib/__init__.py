@@ -32,6 +32,8 @@ from ..trt.compat import parse_trt_version
 from .cache import CalibrationCache, cache_bytes
 from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data
+from .finetune import FinetuneOptions, FinetuneResult
+from .finetune import finetune as finetune_model
 from .histogram import AbsHistogram
 from .qdq import QdqReport, insert_qdq
 from .thresholds import compute_amax
@@ -157,6 +159,7 @@ def calibrate(
     preset: str = "cnn",
     default_precision: str = "int8",
     model_name: str | None = None,
+    finetune: FinetuneOptions | None = None,
     progress: ProgressFactory | None = None,
 ) -> CalibrationResult:
     """Calibrate ``model_path`` on ``data`` and write the artifacts to ``outdir``.
@@ -191,9 +194,18 @@ def calibrate(
     t2 = time.perf_counter()
     qdq_model, qrep = insert_qdq(model, amax, resolution.plan)
     t3 = time.perf_counter()
+    cache_amax = amax
+    tuned: FinetuneResult | None = None
+    if finetune is not None:
+        tuned = finetune_model(model, amax, resolution.plan,
+                               open_data(data, infos[0], count=finetune.samples).batches(finetune.batch_size),
+                               finetune, progress=progress)
+        qdq_model, qrep = insert_qdq(tuned.model, tuned.amax, resolution.plan, tuned.weight_scales)
+        cache_amax = tuned.amax
+    t4 = time.perf_counter()
 
-    cache = CalibrationCache.from_amax(amax, trt.code)
-    summary = {
+    cache = CalibrationCache.from_amax(cache_amax, trt.code)
+    summary: dict[str, Any] = {
         "vqz_edge_version": __version__,
         "method": opts.method,
         "percentile": opts.percentile if opts.method == "percentile" else None,
@@ -210,6 +222,13 @@ def calibrate(
             for n, h in sorted(stats.histograms.items())
         },
     }
+    if tuned is not None and finetune is not None:
+        summary["finetune"] = {
+            "options": finetune.to_dict(), "history": tuned.history,
+            "amax": {n: tuned.amax[n] for n in sorted(tuned.amax)},
+            "note": "calibration.cache and model.qdq.onnx hold the fine-tuned ranges and weights; build the "
+                    "implicit path from model.finetuned.onnx; 'tensors' keeps the histogram thresholds",
+        }
     files = {
         "cache": outdir / "calibration.cache",
         "qdq": outdir / "model.qdq.onnx",
@@ -224,13 +243,17 @@ def calibrate(
         "summary": canonical_json(summary).encode(),
         "plan": canonical_json(resolution.plan.to_dict()).encode(),
     }
+    if tuned is not None:
+        files["finetuned"] = outdir / "model.finetuned.onnx"
+        payloads["finetuned"] = tuned.model.SerializeToString()
     for key, path in files.items():  # every payload is ready: a failure above wrote nothing
         atomic_write_bytes(path, payloads[key])
     _log.info("calibrated %s: %d tensors, %d images -> %s", model_path, len(amax), stats.images, outdir)
     return CalibrationResult(
         outdir, files, amax, stats.images, stats.batches, opts.method, str(trt), trt.code, source.description,
         qrep, resolution,
-        {"statistics": t1 - t0, "thresholds": t2 - t1, "qdq": t3 - t2, "total": time.perf_counter() - t0},
+        {"statistics": t1 - t0, "thresholds": t2 - t1, "qdq": t3 - t2,
+         **({"finetune": t4 - t3} if tuned is not None else {}), "total": time.perf_counter() - t0},
     )
 
 

@@ -69,7 +69,14 @@ def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.version_converter.convert_version(model, QDQ_MIN_OPSET)
 
 
-def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], plan: ResolvedPlan) -> tuple[onnx.ModelProto, QdqReport]:
+def insert_qdq(
+    model: onnx.ModelProto,
+    amax: Mapping[str, float],
+    plan: ResolvedPlan,
+    weight_scales: Mapping[str, np.ndarray] | None = None,
+) -> tuple[onnx.ModelProto, QdqReport]:
+    """``weight_scales``: per-channel scales for weights whose values were already put on an INT8 grid (weight
+    rounding); every other weight gets absmax/127 per channel."""
     model = _upgrade_opset(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -106,7 +113,8 @@ def insert_qdq(model: onnx.ModelProto, amax: Mapping[str, float], plan: Resolved
         if key in weight_pairs:
             return weight_pairs[key]
         w = numpy_helper.to_array(inits[name])
-        scale = per_channel_scale(w, axis)
+        given = (weight_scales or {}).get(name)
+        scale = per_channel_scale(w, axis) if given is None else np.asarray(given, np.float32)
         s_name, z_name = f"{name}_scale_axis{axis}", f"{name}_zero_point_axis{axis}"
         graph.initializer.extend([
             numpy_helper.from_array(scale, s_name),

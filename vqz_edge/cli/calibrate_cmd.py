@@ -33,6 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pol = p.add_argument_group("precision policy")
     pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
                      help="preset rules (default: the spec's, else cnn = final head FP32); none = every layer INT8")
+    f = p.add_argument_group("quantization-aware fine-tuning")
+    f.add_argument("--finetune", action="store_true",
+                   help="after calibration, train the INT8 weights and activation ranges to reproduce the FP32 outputs "
+                   "on fresh calibration samples (distillation, no labels; torch on the CPU); also writes "
+                   "model.finetuned.onnx")
+    f.add_argument("--finetune-samples", type=int, default=4096, help="samples, one pass (default 4096)")
+    f.add_argument("--finetune-lr", type=float, default=1e-5, help="Adam step for weights (default 1e-5)")
     o = p.add_argument_group("spec and output")
     o.add_argument("--spec", type=Path, help="build spec (TOML): calibration defaults and precision rules")
     o.add_argument("-o", "--output", type=Path, help="output directory (default calibration/<model>/)")
@@ -60,6 +67,7 @@ def default_outdir(model: Path, name: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..calib import CalibrationOptions, calibrate
+    from ..calib.finetune import FinetuneOptions
     from ..progress import tqdm_factory
     from ..spec import CalibrationSpec, load_spec
     from . import emit_json
@@ -77,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or cs.batch_size,
             trt_version=_trt_version(args) or "10.3.0",
         )
+        finetune = FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr) if args.finetune else None
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     name = spec.model.name if spec else None
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     result = calibrate(
         args.model, data, outdir, opts, rules=spec.precision.rules if spec else (), model_name=name,
         preset=args.preset or (spec.precision.preset if spec else "cnn"),
-        default_precision=spec.precision.default if spec else "int8",
+        default_precision=spec.precision.default if spec else "int8", finetune=finetune,
         progress=None if args.quiet or args.json else tqdm_factory,
     )
     if args.json:
@@ -97,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  Q/DQ: {q.int8_layers} INT8 layers ({q.activations} activation tensors, {q.weights} weights per-channel), "
           f"{q.skipped_layers} kept above INT8 by the plan")
     print(f"  cache header TRT-{result.version_code}-EntropyCalibration2 (TensorRT {result.trt_version})")
+    if "finetune" in s:
+        print(f"  fine-tuned on {args.finetune_samples} further samples in {s['finetune']:.0f}s: the Q/DQ model and the "
+              "cache hold the trained weights and ranges; build the implicit path from model.finetuned.onnx")
     for key, path in sorted(result.files.items()):
         print(f"  {key:10s} {path}")
     for rule in result.resolution.unmatched_rules:

@@ -58,17 +58,27 @@ def format_auto_plan(result: SensitivityResult) -> str:
         f"  sweep samples:   all INT8 {m} {a.baseline.value(m):.4f} top-1 {_pct(a.baseline.agreement).strip()}  ->  "
         f"plan {m} {a.achieved.value(m):.4f} top-1 {_pct(a.achieved.agreement).strip()}",
     ]
+    if a.finetuned is not None and a.finetune is not None:
+        f = a.finetuned
+        lines.append(f"  fine-tuned ({a.finetune['options']['samples']} samples of {a.finetune['data']}): plan {m} "
+                     f"{f.value(m):.4f} top-1 {_pct(f.agreement).strip()} on the sweep samples "
+                     f"({'MET' if a.meets(f) else 'NOT MET'})")
     v = a.verification
     if v:
         key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[m]
         b, p = v["baseline_all_int8"], v["plan"]
         lines.append(f"  verification ({v['samples']} other held-out samples): all INT8 {m} {b[key]:.4f} top-1 "
                      f"{_pct(b['agreement']).strip()}  ->  plan {m} {p[key]:.4f} top-1 {_pct(p['agreement']).strip()}"
-                     f"  {'MET' if v['met'] else 'NOT MET'}")
-        if p.get("agreement_confident") is not None:
-            lines.append(f"    top-1 agreement where FP32 is confident (softmax >= 0.5, {p['confident_share'] * 100:.0f}% of "
-                         f"samples): all INT8 {_pct(b['agreement_confident']).strip()} -> plan "
-                         f"{_pct(p['agreement_confident']).strip()}")
+                     + ("" if v.get("plan_finetuned") else f"  {'MET' if v['met'] else 'NOT MET'}"))
+        ft = v.get("plan_finetuned")
+        if ft:
+            lines.append(f"    fine-tuned plan {m} {ft[key]:.4f} top-1 {_pct(ft['agreement']).strip()}  "
+                         f"{'MET' if v['met'] else 'NOT MET'}")
+        final = ft or p
+        if final.get("agreement_confident") is not None:
+            lines.append(f"    top-1 agreement where FP32 is confident (softmax >= 0.5, {final['confident_share'] * 100:.0f}% "
+                         f"of samples): all INT8 {_pct(b['agreement_confident']).strip()} -> "
+                         f"{'fine-tuned ' if ft else ''}plan {_pct(final['agreement_confident']).strip()}")
     lines.append(f"  above INT8: {s['compute_layers_above_int8']}/{s['compute_layers']} compute layers "
                  f"({s['layers_share'] * 100:.1f}%; Conv/Gemm {s['conv_gemm_layers_above_int8']}/{s['conv_gemm_layers']}), "
                  f"{s['macs_share'] * 100:.1f}% of MACs, {s['params_share'] * 100:.1f}% of params")

@@ -161,6 +161,8 @@ class Evaluator:
         _, self.output = _primary_index(model, output)
         self._reference: list[np.ndarray] | None = None
         self.evaluations = 0
+        # weights already on their INT8 grid (fine-tuned): their per-channel scales, else absmax/127
+        self.weight_scales: dict[str, np.ndarray] = {}
 
     @property
     def samples(self) -> int:
@@ -172,12 +174,16 @@ class Evaluator:
             self._reference = [ortu.run(sess, x, [self.output])[0] for x in self.batches]
         return self._reference
 
-    def qdq_model(self, plan: ResolvedPlan) -> onnx.ModelProto:
-        return insert_qdq(self.model, self.amax, plan)[0]
+    def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
+        if variant is not None:
+            return variant.qdq(plan)
+        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
 
-    def evaluate(self, plan: ResolvedPlan) -> Metrics:
+    def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
+        """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
+        reference of this model."""
         ref = self.reference()
-        sess = ortu.session(self.qdq_model(plan))
+        sess = ortu.session(self.qdq_model(plan, variant))
         acc = _Accumulator()
         for x, r in zip(self.batches, ref):
             acc.update(r, ortu.run(sess, x, [self.output])[0])
@@ -185,10 +191,23 @@ class Evaluator:
         return acc.result(self.sources)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Weights and ranges other than the reference model's: a fine-tuned model with its trained ranges and
+    the per-channel scales its on-grid weights were trained with."""
+
+    model: onnx.ModelProto
+    amax: Mapping[str, float]
+    weight_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def qdq(self, plan: ResolvedPlan) -> onnx.ModelProto:
+        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
+
+
 def evaluate_stream(
     model: onnx.ModelProto,
     amax: Mapping[str, float],
-    plans: Sequence[ResolvedPlan],
+    plans: Sequence[ResolvedPlan | tuple[ResolvedPlan, Variant]],
     batches: Iterable[Batch],
     *,
     sources: Sequence[str] | None = None,
@@ -197,7 +216,7 @@ def evaluate_stream(
     """Several plans in one pass over streamed data (nothing but one batch kept): for verification runs."""
     _, out_name = _primary_index(model, output)
     ref_sess = ortu.session(model)
-    sessions = [ortu.session(insert_qdq(model, amax, p)[0]) for p in plans]
+    sessions = [ortu.session(p[1].qdq(p[0]) if isinstance(p, tuple) else insert_qdq(model, amax, p)[0]) for p in plans]
     accs = [_Accumulator() for _ in plans]
     for b in batches:
         x = _feeds(model, b)

@@ -16,23 +16,35 @@ import onnx
 from ..calib import load_histograms
 from ..calib.cache import CalibrationCache, cache_bytes
 from ..calib.datasource import DataSource, open_data
+from ..calib.finetune import FinetuneOptions
 from ..calib.histogram import AbsHistogram
 from ..calib.thresholds import compute_amax
 from ..errors import InputError
 from ..fsutil import atomic_write_bytes, canonical_json, sha256_file
 from ..log import get_logger
 from ..onnx_io import graph_inputs, load_model
+from ..policy.plan import ResolvedPlan
 from ..policy.resolve import resolve_spec
 from ..progress import ProgressFactory
 from ..spec import PrecisionRule
 from .diagnostics import diagnose
-from .evaluator import Evaluator, evaluate_stream
-from .sweep import SensitivityResult, SweepOptions, TargetOptions, auto_plan, plan_with, sweep, timed
+from .evaluator import Evaluator, Variant, evaluate_stream
+from .sweep import (
+    AutoPlan,
+    SensitivityResult,
+    SweepOptions,
+    TargetOptions,
+    auto_plan,
+    plan_with,
+    sweep,
+    timed,
+)
 
 _log = get_logger(__name__)
 
 OUTPUT_FILES = {
     "result": "sensitivity.json",
+    "finetuned": "model.finetuned.onnx",
     "plan": "plan.json",
     "rules": "precision_rules.toml",
     "qdq": "model.qdq.onnx",
@@ -122,6 +134,8 @@ def analyze(
     refine: bool = False,
     refine_data: str | Path | None = None,
     refine_images: int = 64,
+    finetune: FinetuneOptions | None = None,
+    finetune_data: str | Path | None = None,
     progress: ProgressFactory | None = None,
 ) -> tuple[SensitivityResult, Calibration]:
     """Sweep ``model_path`` with the ranges of ``calibration`` on held-out ``data`` (evaluation split).
@@ -130,11 +144,15 @@ def analyze(
     next ``verify_images`` samples (disjoint from the sweep samples). ``method`` recomputes every threshold
     from the stored histograms instead of using the calibrated amax. ``refine`` then picks each quantized
     tensor's threshold by output loss on ``refine_images`` samples of the *calibration* split of
-    ``refine_data`` (default: the calibration's own data when it was 'demo').
+    ``refine_data`` (default: the calibration's own data when it was 'demo'). ``finetune`` (with a target)
+    trains the automatic plan's INT8 weights and ranges on ``finetune.samples`` calibration-split samples of
+    ``finetune_data`` (default: as for refinement) and verifies the fine-tuned model.
     """
     opts = options or SweepOptions()
     if num_images <= 0 or batch_size <= 0 or verify_images < 0:
         raise InputError("num_images and batch_size must be positive, verify_images non-negative")
+    if finetune is not None and target is None:
+        raise InputError("fine-tuning trains the automatic plan: it needs a target", hint="add --target")
     seconds: dict[str, float] = {}
     done = timed(seconds, "load")
     model_path = Path(model_path)
@@ -196,14 +214,25 @@ def analyze(
                          spec_rules=rules, onnx_sha256=sha, progress=progress)
         result.auto = plan
         done()
+        variant: Variant | None = None
+        if finetune is not None:
+            done = timed(seconds, "finetune")
+            variant = _finetune(model, amax, plan, evaluator, finetune, finetune_data or refine_data, cal, infos[0],
+                                progress)
+            result.finetuned = variant
+            done()
         done = timed(seconds, "verification")
         n_verify = src.count - evaluator.samples if extra else 0
         if n_verify > 0:
             candidates = {x for r in ranked for x in r.unit.nodes}
             baseline_plan = plan_with(base, candidates, candidates, "sensitivity: all INT8")
             vsources = sources[evaluator.samples:] if sources else None
-            base_m, plan_m = evaluate_stream(model, amax, [baseline_plan, plan.plan], rest,
-                                             sources=vsources, output=output)
+            plans: list[ResolvedPlan | tuple[ResolvedPlan, Variant]] = [baseline_plan, plan.plan]
+            if variant is not None:
+                plans.append((plan.plan, variant))
+            measured = evaluate_stream(model, amax, plans, rest, sources=vsources, output=output)
+            base_m, plan_m = measured[0], measured[1]
+            final = measured[-1]
             n_verify = plan_m.samples
             plan.verification = {
                 "samples": n_verify,
@@ -211,7 +240,8 @@ def analyze(
                         "(disjoint from the sweep samples)",
                 "baseline_all_int8": base_m.to_dict(),
                 "plan": plan_m.to_dict(),
-                "met": plan.meets(plan_m),
+                "plan_finetuned": final.to_dict() if variant is not None else None,
+                "met": plan.meets(final),
             }
         elif verify_images > 0:
             _log.warning("no samples left for verification (data holds %d); the plan is unverified", src.count)
@@ -223,6 +253,21 @@ def analyze(
     return result, cal
 
 
+def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, evaluator: Evaluator,
+              options: FinetuneOptions, data: str | Path | None, cal: Calibration, info: Any,
+              progress: ProgressFactory | None) -> Variant:
+    from ..calib.finetune import finetune
+
+    spec = data or _calibration_data(cal, "--finetune-data")
+    src = open_data(spec, info, count=options.samples, split="calibration")
+    ft = finetune(model, amax, plan.plan, src.batches(options.batch_size), options, progress=progress)
+    variant = Variant(ft.model, ft.amax, ft.weight_scales)
+    plan.finetuned = evaluator.evaluate(plan.plan, variant)
+    plan.finetune = {"options": options.to_dict(), "data": src.description,
+                     "history": [{k: round(v, 6) for k, v in h.items()} for h in ft.history]}
+    return variant
+
+
 def cache_version(cal: Calibration) -> int:
     """The TensorRT version code of the calibration's cache header (TRT-<code>-EntropyCalibration2)."""
     header = str(cal.summary.get("cache_header", ""))
@@ -232,12 +277,12 @@ def cache_version(cal: Calibration) -> int:
     return 100300
 
 
-def _calibration_data(cal: Calibration) -> str:
+def _calibration_data(cal: Calibration, option: str = "--refine-data") -> str:
     kind = cal.summary.get("data", {}).get("kind")
     if kind == "demo":
         return "demo"
     raise InputError(f"the calibration in {cal.outdir} used {kind or 'unknown'} data; give the calibration data "
-                     "for threshold refinement", hint="pass --refine-data DIR|FILE.npy")
+                     f"({option.lstrip('-').replace('-data', '')})", hint=f"pass {option} DIR|FILE.npy")
 
 
 def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | None = None,
@@ -250,7 +295,11 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
     except OSError as exc:
         raise InputError(f"cannot create output directory {outdir}: {exc.strerror}") from exc
     payloads: dict[str, bytes] = {"result": canonical_json(result.to_dict()).encode()}
-    if result.thresholds != "calibrated":  # thresholds differ from the calibration's cache: write the new one
+    ft = result.finetuned
+    if ft is not None:  # trained ranges: a new cache, and the fine-tuned FP32 weights for the implicit path
+        payloads["cache"] = cache_bytes(CalibrationCache.from_amax(dict(ft.amax), version_code))
+        payloads["finetuned"] = ft.model.SerializeToString()
+    elif result.thresholds != "calibrated":  # thresholds differ from the calibration's cache: write the new one
         payloads["cache"] = cache_bytes(CalibrationCache.from_amax(result.amax, version_code))
     if result.auto is not None:
         a = result.auto
@@ -266,10 +315,15 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
             v = a.verification
             header.append(f"verified on {v['samples']} further held-out samples: {a.metric} "
                           f"{v['plan'][_key(a.metric)]} (all-INT8 {v['baseline_all_int8'][_key(a.metric)]}), met: {v['met']}")
-        if result.thresholds != "calibrated":
+        if ft is not None and a.finetune is not None:
+            header.append(f"fine-tuned on {a.finetune['options']['samples']} samples of {a.finetune['data']} -- build "
+                          "from model.qdq.onnx, or model.finetuned.onnx with the calibration.cache beside this file")
+        elif result.thresholds != "calibrated":
             header.append(f"thresholds: {result.thresholds} -- build with the calibration.cache written beside this file")
         payloads["rules"] = a.rules_toml(header).encode()
-        if model_path is not None:
+        if ft is not None:
+            payloads["qdq"] = ft.qdq(a.plan).SerializeToString()
+        elif model_path is not None:
             from ..calib.qdq import insert_qdq
 
             qdq, _ = insert_qdq(onnx.load(str(model_path)), result.amax, a.plan)

@@ -35,7 +35,7 @@ from ..progress import ProgressFactory, make_bar
 from ..spec import PrecisionRule
 from .costs import COMPUTE_OPS, LayerCost, layer_costs
 from .diagnostics import Flag
-from .evaluator import METRICS, Evaluator, Metrics
+from .evaluator import METRICS, Evaluator, Metrics, Variant
 from .units import GRANULARITIES, Unit, build_units
 
 _log = get_logger(__name__)
@@ -127,6 +127,14 @@ class AutoPlan:
     preset: str
     spec_rules: tuple[PrecisionRule, ...] = ()
     verification: dict[str, Any] | None = None
+    # --finetune: the plan again after quantization-aware fine-tuning (sweep data), and how it was trained
+    finetuned: Metrics | None = None
+    finetune: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> Metrics:
+        """What the written artifacts reach on the sweep data: fine-tuned when fine-tuning ran."""
+        return self.finetuned if self.finetuned is not None else self.achieved
 
     @property
     def plan(self) -> ResolvedPlan:
@@ -158,6 +166,8 @@ class AutoPlan:
             "kept": self.kept,
             "kept_layers": self.kept_layers,
             "met_on_sweep_data": self.met,
+            "finetuned": None if self.finetuned is None else self.finetuned.to_dict(),
+            "finetune": self.finetune,
             "baseline_all_int8": self.baseline.to_dict(),
             "achieved": self.achieved.to_dict(),
             "steps": self.steps,
@@ -187,6 +197,7 @@ class SensitivityResult:
     calibration: str = ""
     thresholds: str = "calibrated"  # where amax came from: 'calibrated', 'method <m>', or 'refined'
     refined: list[dict[str, Any]] = field(default_factory=list)
+    finetuned: Variant | None = None  # --finetune: the trained weights, ranges and weight scales
 
     def flags_by_tensor(self) -> dict[str, list[Flag]]:
         out: dict[str, list[Flag]] = {}

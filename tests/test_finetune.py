@@ -1,0 +1,230 @@
+"""Quantization-aware fine-tuning of the Q/DQ graph: the torch interpreter runs exactly what ONNX Runtime runs,
+training lowers held-out error on real photos, the result is deterministic and its weights sit on the grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import run_cli
+from vqz_edge import ort as ortu
+from vqz_edge.calib.evaluate import row_cosine
+from vqz_edge.calib.finetune import FinetuneOptions, _Interpreter, finetune, quant_points
+from vqz_edge.calib.qdq import insert_qdq
+from vqz_edge.data.images import Preprocessing, demo_crops
+from vqz_edge.errors import CalibrationError
+from vqz_edge.policy.plan import ResolvedPlan
+from vqz_edge.policy.resolve import resolve_spec
+from vqz_edge.sensitivity import load_calibration
+
+torch = pytest.importorskip("torch")
+
+SIZE = 32
+
+
+def _tiny_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Stem conv -> ReLU6 -> depthwise -> ReLU6 -> pointwise (+ residual Add) -> GAP -> Gemm, with output channels
+    scaled over two decades so per-tensor activation ranges really lose information."""
+    rng = np.random.default_rng(seed)
+
+    def arr(name: str, a: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(a.astype(np.float32), name)
+
+    spread = np.logspace(-3, 0.5, 16)[rng.permutation(16)]
+    inits = [
+        arr("stem.w", rng.standard_normal((16, 3, 3, 3)) * 0.3 * spread[:, None, None, None]),
+        arr("stem.b", rng.standard_normal(16) * 0.1),
+        arr("dw.w", rng.standard_normal((16, 1, 3, 3)) * 0.5 * spread[::-1, None, None, None]),
+        arr("dw.b", rng.standard_normal(16) * 0.1),
+        arr("pw.w", rng.standard_normal((16, 16, 1, 1)) * 0.3),
+        arr("pw.b", rng.standard_normal(16) * 0.1),
+        arr("fc.w", rng.standard_normal((10, 16)) * 0.5),
+        arr("fc.b", rng.standard_normal(10) * 0.1),
+        arr("lo", np.array(0.0)), arr("hi", np.array(6.0)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "stem.w", "stem.b"], ["s"], name="/stem/Conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Clip", ["s", "lo", "hi"], ["s6"], name="/stem/Clip"),
+        helper.make_node("Conv", ["s6", "dw.w", "dw.b"], ["d"], name="/dw/Conv", pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="/dw/Clip"),
+        helper.make_node("Conv", ["d6", "pw.w", "pw.b"], ["p"], name="/pw/Conv"),
+        helper.make_node("Add", ["p", "s6"], ["r"], name="/res/Add"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="/GlobalAveragePool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="/Flatten", axis=1),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["output"], name="/fc/Gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _crops(split: str, n: int) -> np.ndarray:
+    return demo_crops(split, n, Preprocessing.for_input_shape((1, 3, SIZE, SIZE)))
+
+
+def _all_int8(model: onnx.ModelProto) -> ResolvedPlan:
+    return resolve_spec(model, model_name="tiny", onnx_sha256="0" * 64, preset="none").plan
+
+
+def _amax(model: onnx.ModelProto, x: np.ndarray, plan: ResolvedPlan) -> dict[str, float]:
+    """Max calibration (simple and deterministic) of the tensors the plan quantizes."""
+    acts, _ = quant_points(model, plan)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    names = sorted(acts)
+    for t in names:
+        if t not in {o.name for o in m.graph.output}:
+            m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    outs = ortu.session(m).run(names, {"input": x})
+    return {t: float(np.abs(v).max()) for t, v in zip(names, outs)}
+
+
+def _fidelity(reference: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray) -> float:
+    r = ortu.session(reference).run(None, {"input": x})[0]
+    c = ortu.session(candidate).run(None, {"input": x})[0]
+    return float(row_cosine(r, c).mean())
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[onnx.ModelProto, ResolvedPlan, dict[str, float], np.ndarray, np.ndarray]:
+    model = _tiny_cnn()
+    plan = _all_int8(model)
+    calib = _crops("calibration", 64)
+    return model, plan, _amax(model, calib, plan), calib, _crops("evaluation", 128)
+
+
+def test_interpreter_runs_what_onnxruntime_runs(tiny: tuple) -> None:  # type: ignore[type-arg]
+    model, plan, amax, _, held_out = tiny
+    acts, weights = quant_points(model, plan)
+    assert acts == {"input", "s6", "d6", "p", "f"} and set(weights) == {"stem.w", "dw.w", "pw.w", "fc.w"}
+    net = _Interpreter(model, amax, acts, weights)
+    x = torch.from_numpy(held_out[:16])
+    with torch.no_grad():
+        q = net(x)[0].numpy()
+        net.quantize = False
+        f = net(x)[0].numpy()
+    fp32 = ortu.session(model).run(None, {"input": held_out[:16]})[0]
+    qdq = ortu.session(insert_qdq(model, amax, plan)[0]).run(None, {"input": held_out[:16]})[0]
+    np.testing.assert_allclose(f, fp32, rtol=1e-4, atol=1e-5)
+    # same quantization points, rounding and saturation: equal up to float summation order
+    np.testing.assert_allclose(q, qdq, rtol=1e-3, atol=1e-4)
+    assert np.abs(q - fp32).max() > 10 * np.abs(q - qdq).max()  # the quantization is really in there
+
+
+def test_interpreter_matches_the_real_mobilenet_qdq(mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
+    model = onnx.load(str(mobilenet_onnx))
+    cal = load_calibration(mobilenet_calibrated)
+    plan = ResolvedPlan.from_dict(json.loads((mobilenet_calibrated / "plan.json").read_text()))
+    acts, weights = quant_points(model, plan)
+    x = demo_crops("evaluation", 4)
+    with torch.no_grad():
+        ours = _Interpreter(model, cal.amax, acts, weights)(torch.from_numpy(x))[0].numpy()
+    qdq = insert_qdq(model, cal.amax, plan)[0]
+    spec = ortu.session(qdq, optimize=False).run(None, {"input": x})[0]  # Q/DQ as the ONNX spec defines them
+    fused = ortu.session(qdq).run(None, {"input": x})[0]  # ONNX Runtime's fused integer kernels
+    fp32 = ortu.session(model).run(None, {"input": x})[0]
+    # All-INT8 MobileNetV2 is chaotic in rounding: a last-bit difference in an accumulation flips a level and the
+    # flip propagates, so two correct implementations (ORT fused vs unfused) differ by ~1% cosine. The interpreter
+    # must be that close to the spec, and far closer to it than FP32 is.
+    gap = 1 - row_cosine(ours, spec)
+    assert gap.mean() <= 2 * (1 - row_cosine(fused, spec)).mean() + 1e-4
+    assert gap.mean() < 0.25 * (1 - row_cosine(fp32, spec)).mean()
+
+
+@pytest.mark.slow
+def test_finetuning_lowers_held_out_error_on_the_real_mobilenet(mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
+    """256 calibration crops, one pass: the all-INT8 (entropy) model's error on held-out photos must drop a lot."""
+    model = onnx.load(str(mobilenet_onnx))
+    cal = load_calibration(mobilenet_calibrated)
+    plan = ResolvedPlan.from_dict(json.loads((mobilenet_calibrated / "plan.json").read_text()))
+    held_out = demo_crops("evaluation", 96)
+    res = finetune(model, cal.amax, plan, [demo_crops("calibration", 256, seed=1)],
+                   FinetuneOptions(samples=256, batch_size=16))
+    err_before = 1 - _fidelity(model, insert_qdq(model, cal.amax, plan)[0], held_out)
+    err_after = 1 - _fidelity(model, insert_qdq(res.model, res.amax, plan, res.weight_scales)[0], held_out)
+    assert err_after < 0.8 * err_before, (err_before, err_after)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert set(res.amax) == set(cal.amax) and res.amax != cal.amax  # every range kept, trained ones moved
+
+
+def test_finetuned_weights_sit_on_their_int8_grid_and_qdq_reproduces_them(tiny: tuple) -> None:  # type: ignore[type-arg]
+    model, plan, amax, calib, _ = tiny
+    res = finetune(model, amax, plan, [calib], FinetuneOptions(samples=64, batch_size=16, lr=1e-3))
+    inits = {i.name: numpy_helper.to_array(i) for i in res.model.graph.initializer}
+    for name, scale in res.weight_scales.items():
+        axis = 0 if name != "fc.w" else 0  # Conv: output channel; Gemm transB=1: rows
+        shape = [1] * inits[name].ndim
+        shape[axis] = -1
+        q = inits[name] / scale.reshape(shape)
+        assert np.abs(q - np.round(q)).max() < 1e-3 and np.abs(q).max() <= 127 + 1e-3, name
+    qdq = insert_qdq(res.model, res.amax, plan, res.weight_scales)[0]
+    scales = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("_scale_axis0")}
+    np.testing.assert_array_equal(scales["stem.w_scale_axis0"], res.weight_scales["stem.w"])
+
+
+def test_finetuning_is_deterministic(tiny: tuple) -> None:  # type: ignore[type-arg]
+    model, plan, amax, calib, _ = tiny
+    opts = FinetuneOptions(samples=64, batch_size=16, lr=1e-3)
+    a = finetune(model, amax, plan, [calib], opts)
+    b = finetune(model, amax, plan, [calib], opts)
+    assert a.model.SerializeToString() == b.model.SerializeToString()
+    assert a.amax == b.amax
+
+
+def test_unsupported_op_and_short_data_are_errors(tiny: tuple) -> None:  # type: ignore[type-arg]
+    model, plan, amax, calib, _ = tiny
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.graph.node[1].op_type = "LRN"
+    with pytest.raises(CalibrationError, match="LRN"):
+        finetune(bad, amax, plan, [calib], FinetuneOptions(samples=16))
+    with pytest.raises(CalibrationError, match="wanted 128 samples but the data gave 64"):
+        finetune(model, amax, plan, [calib], FinetuneOptions(samples=128))
+    with pytest.raises(ValueError, match="learning rates"):
+        FinetuneOptions(lr=0)
+
+
+def test_cli_finetune_needs_a_target(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
+    r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
+                "--finetune", "-o", str(tmp_path / "s"))
+    assert r.returncode == 2 and "--finetune only apply with --target" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_cli_sensitivity_finetune_writes_a_verified_finetuned_model(
+    tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path
+) -> None:
+    out = tmp_path / "s"
+    r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
+                "--num-images", "16", "--verify-images", "16", "--preset", "cnn", "--target", "0.999",
+                "--max-kept", "2", "--finetune", "--finetune-samples", "48", "--finetune-lr", "2e-5", "-o", str(out),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    auto = doc["auto_plan"]
+    assert auto["finetune"]["options"]["samples"] == 48 and auto["finetuned"]["samples"] == 16
+    v = auto["verification"]
+    assert v["samples"] == 16 and v["plan_finetuned"] is not None
+    assert v["met"] == (v["plan_finetuned"]["cosine"] >= 0.999)
+    tuned = onnx.load(str(out / "model.finetuned.onnx"))
+    qdq = onnx.load(str(out / "model.qdq.onnx"))
+    # the written Q/DQ model is the fine-tuned one: same weights as model.finetuned.onnx
+    w = "features.18.0.weight" if any(i.name == "features.18.0.weight" for i in tuned.graph.initializer) else None
+    tuned_w = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    qdq_w = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    name = w or next(n for n in tuned_w if n.endswith(".weight") and tuned_w[n].ndim == 4)
+    np.testing.assert_array_equal(tuned_w[name], qdq_w[name])
+    original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(mobilenet_onnx)).graph.initializer}
+    assert not np.array_equal(original[name], tuned_w[name])
+    cache = (out / "calibration.cache").read_text()
+    assert cache.startswith("TRT-") and "input:" in cache
+    assert "fine-tuned on 48 samples" in (out / "precision_rules.toml").read_text()
