@@ -14,13 +14,14 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import run_cli
 from vqz_edge import ort as ortu
 from vqz_edge.calib.evaluate import row_cosine
-from vqz_edge.calib.finetune import FinetuneOptions, _Interpreter, finetune, quant_points
+from vqz_edge.calib.finetune import FinetuneOptions, _Interpreter, _rebatch, finetune, quant_points
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.data.images import Preprocessing, demo_crops
 from vqz_edge.errors import CalibrationError
 from vqz_edge.policy.plan import ResolvedPlan
 from vqz_edge.policy.resolve import resolve_spec
 from vqz_edge.sensitivity import load_calibration
+from vqz_edge.spec import PrecisionRule
 
 torch = pytest.importorskip("torch")
 
@@ -76,7 +77,7 @@ def _all_int8(model: onnx.ModelProto) -> ResolvedPlan:
 
 def _amax(model: onnx.ModelProto, x: np.ndarray, plan: ResolvedPlan) -> dict[str, float]:
     """Max calibration (simple and deterministic) of the tensors the plan quantizes."""
-    acts, _ = quant_points(model, plan)
+    acts = quant_points(model, plan).tensors
     m = onnx.ModelProto()
     m.CopyFrom(model)
     names = sorted(acts)
@@ -101,32 +102,58 @@ def tiny() -> tuple[onnx.ModelProto, ResolvedPlan, dict[str, float], np.ndarray,
     return model, plan, _amax(model, calib, plan), calib, _crops("evaluation", 128)
 
 
+def _interpreted(model: onnx.ModelProto, amax: dict[str, float], plan: ResolvedPlan, x: np.ndarray,
+                 quantize: bool = True) -> np.ndarray:
+    net = _Interpreter(model, amax, quant_points(model, plan))
+    net.quantize = quantize
+    with torch.no_grad():
+        return net(torch.from_numpy(x))["output"].numpy()  # type: ignore[no-any-return]
+
+
 def test_interpreter_runs_what_onnxruntime_runs(tiny: tuple) -> None:  # type: ignore[type-arg]
     model, plan, amax, _, held_out = tiny
-    acts, weights = quant_points(model, plan)
-    assert acts == {"input", "s6", "d6", "p", "f"} and set(weights) == {"stem.w", "dw.w", "pw.w", "fc.w"}
-    net = _Interpreter(model, amax, acts, weights)
-    x = torch.from_numpy(held_out[:16])
-    with torch.no_grad():
-        q = net(x)[0].numpy()
-        net.quantize = False
-        f = net(x)[0].numpy()
-    fp32 = ortu.session(model).run(None, {"input": held_out[:16]})[0]
-    qdq = ortu.session(insert_qdq(model, amax, plan)[0]).run(None, {"input": held_out[:16]})[0]
+    points = quant_points(model, plan)
+    assert points.tensors == {"input", "s6", "d6", "p", "f"} and set(points.weight_axes) == {"stem.w", "dw.w", "pw.w", "fc.w"}
+    x = held_out[:16]
+    q = _interpreted(model, amax, plan, x)
+    f = _interpreted(model, amax, plan, x, quantize=False)
+    fp32 = ortu.session(model).run(None, {"input": x})[0]
+    qdq = ortu.session(insert_qdq(model, amax, plan)[0], optimize=False).run(None, {"input": x})[0]
     np.testing.assert_allclose(f, fp32, rtol=1e-4, atol=1e-5)
     # same quantization points, rounding and saturation: equal up to float summation order
     np.testing.assert_allclose(q, qdq, rtol=1e-3, atol=1e-4)
     assert np.abs(q - fp32).max() > 10 * np.abs(q - qdq).max()  # the quantization is really in there
 
 
+def test_interpreter_quantizes_per_consumer_like_the_qdq_writer(tiny: tuple) -> None:  # type: ignore[type-arg]
+    """s6 feeds the INT8 depthwise conv and an FP16 Add: the Add must read the float tensor, as in the Q/DQ model."""
+    model, _, amax, _, held_out = tiny
+    plan = resolve_spec(model, model_name="tiny", onnx_sha256="0" * 64, preset="none",
+                        rules=[PrecisionRule(precision="fp16", node="/res/Add")]).plan
+    points = quant_points(model, plan)
+    assert ("/dw/Conv", 0) in points.activations and ("/res/Add", 1) not in points.activations
+    x = held_out[:16]
+    qdq = ortu.session(insert_qdq(model, amax, plan)[0], optimize=False).run(None, {"input": x})[0]
+    np.testing.assert_allclose(_interpreted(model, amax, plan, x), qdq, rtol=1e-3, atol=1e-4)
+    all_int8 = _interpreted(model, amax, _all_int8(model), x)
+    assert np.abs(all_int8 - qdq).max() > 10 * np.abs(_interpreted(model, amax, plan, x) - qdq).max()
+
+
+def test_rebatch_neither_drops_nor_repeats_samples() -> None:
+    data = np.arange(40, dtype=np.float32).reshape(40, 1)
+    parts = [data[:5], data[5:12], data[12:32], data[32:]]
+    out = list(_rebatch(parts, 16, 37))
+    assert [len(b) for b in out] == [16, 16, 5]
+    np.testing.assert_array_equal(np.concatenate(out)[:, 0], np.arange(37))
+    assert [len(b) for b in _rebatch(parts, 16, 100)] == [16, 16, 8]
+
+
 def test_interpreter_matches_the_real_mobilenet_qdq(mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
     model = onnx.load(str(mobilenet_onnx))
     cal = load_calibration(mobilenet_calibrated)
     plan = ResolvedPlan.from_dict(json.loads((mobilenet_calibrated / "plan.json").read_text()))
-    acts, weights = quant_points(model, plan)
     x = demo_crops("evaluation", 4)
-    with torch.no_grad():
-        ours = _Interpreter(model, cal.amax, acts, weights)(torch.from_numpy(x))[0].numpy()
+    ours = _interpreted(model, cal.amax, plan, x)
     qdq = insert_qdq(model, cal.amax, plan)[0]
     spec = ortu.session(qdq, optimize=False).run(None, {"input": x})[0]  # Q/DQ as the ONNX spec defines them
     fused = ortu.session(qdq).run(None, {"input": x})[0]  # ONNX Runtime's fused integer kernels
@@ -160,11 +187,13 @@ def test_finetuned_weights_sit_on_their_int8_grid_and_qdq_reproduces_them(tiny: 
     res = finetune(model, amax, plan, [calib], FinetuneOptions(samples=64, batch_size=16, lr=1e-3))
     inits = {i.name: numpy_helper.to_array(i) for i in res.model.graph.initializer}
     for name, scale in res.weight_scales.items():
-        axis = 0 if name != "fc.w" else 0  # Conv: output channel; Gemm transB=1: rows
-        shape = [1] * inits[name].ndim
-        shape[axis] = -1
+        shape = [1] * inits[name].ndim  # channel axis 0: Conv output channels, Gemm (transB=1) rows
+        shape[0] = -1
         q = inits[name] / scale.reshape(shape)
         assert np.abs(q - np.round(q)).max() < 1e-3 and np.abs(q).max() <= 127 + 1e-3, name
+    short = sum(int((np.abs(np.round(inits[n] / s.reshape([-1] + [1] * (inits[n].ndim - 1)))).reshape(len(s), -1)
+                     .max(1) < 127).sum()) for n, s in res.weight_scales.items())
+    assert res.implicit_scale_changes == short
     qdq = insert_qdq(res.model, res.amax, plan, res.weight_scales)[0]
     scales = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("_scale_axis0")}
     np.testing.assert_array_equal(scales["stem.w_scale_axis0"], res.weight_scales["stem.w"])
@@ -225,6 +254,36 @@ def test_cli_sensitivity_finetune_writes_a_verified_finetuned_model(
     np.testing.assert_array_equal(tuned_w[name], qdq_w[name])
     original = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(mobilenet_onnx)).graph.initializer}
     assert not np.array_equal(original[name], tuned_w[name])
-    cache = (out / "calibration.cache").read_text()
+    cache = (out / "calibration.finetuned.cache").read_text()
     assert cache.startswith("TRT-") and "input:" in cache
     assert "fine-tuned on 48 samples" in (out / "precision_rules.toml").read_text()
+
+
+@pytest.mark.slow
+def test_cli_calibrate_finetune_is_deterministic_and_consistent(tmp_path: Path, mobilenet_onnx: Path) -> None:
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"c{k}"
+        r = run_cli("calibrate", str(mobilenet_onnx), "--data", "demo", "--num-images", "16", "--finetune",
+                    "--finetune-samples", "32", "-o", str(out), "--json")
+        assert r.returncode == 0, r.stderr
+        outs.append(out)
+    for name in ("model.qdq.onnx", "calibration.cache", "calibration.finetuned.cache", "model.finetuned.onnx",
+                 "summary.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    summary = json.loads((outs[0] / "summary.json").read_text())
+    ft = summary["finetune"]
+    assert ft["options"]["samples"] == 32 and ft["history"][-1]["samples"] == 32
+    # calibration.finetuned.cache holds the trained ranges; calibration.cache the original model's thresholds
+    from vqz_edge.calib.cache import read_cache
+
+    tuned_cache = read_cache(outs[0] / "calibration.finetuned.cache")
+    cache = read_cache(outs[0] / "calibration.cache")
+    trained = {k: v for k, v in ft["amax"].items() if v != summary["tensors"][k]["amax"]}
+    assert trained
+    for name, amax in trained.items():
+        assert tuned_cache.scales[name] == pytest.approx(amax / 127, rel=1e-6)
+        assert cache.scales[name] == pytest.approx(summary["tensors"][name]["amax"] / 127, rel=1e-6)
+    tuned = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(outs[0] / "model.finetuned.onnx")).graph.initializer}
+    qdq = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(outs[0] / "model.qdq.onnx")).graph.initializer}
+    assert all(np.array_equal(tuned[n], qdq[n]) for n in tuned if n in qdq)

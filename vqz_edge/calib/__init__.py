@@ -192,19 +192,20 @@ def calibrate(
     t1 = time.perf_counter()
     amax = {n: compute_amax(h, opts.method, opts.percentile) for n, h in stats.histograms.items()}
     t2 = time.perf_counter()
-    qdq_model, qrep = insert_qdq(model, amax, resolution.plan)
-    t3 = time.perf_counter()
-    cache_amax = amax
     tuned: FinetuneResult | None = None
-    if finetune is not None:
-        tuned = finetune_model(model, amax, resolution.plan,
-                               open_data(data, infos[0], count=finetune.samples).batches(finetune.batch_size),
-                               finetune, progress=progress)
+    if finetune is None:
+        qdq_model, qrep = insert_qdq(model, amax, resolution.plan)
+    else:
+        ft_source = open_data(data, infos[0], count=finetune.samples)
+        if ft_source.count < finetune.samples:
+            raise InputError(f"--finetune-samples {finetune.samples}: the data {ft_source.description} holds fewer",
+                             hint="lower --finetune-samples, or give a folder of images (crops are unlimited)")
+        tuned = finetune_model(model, amax, resolution.plan, ft_source.batches(finetune.batch_size), finetune,
+                               progress=progress)
         qdq_model, qrep = insert_qdq(tuned.model, tuned.amax, resolution.plan, tuned.weight_scales)
-        cache_amax = tuned.amax
-    t4 = time.perf_counter()
+    t3 = time.perf_counter()
 
-    cache = CalibrationCache.from_amax(cache_amax, trt.code)
+    cache = CalibrationCache.from_amax(amax, trt.code)
     summary: dict[str, Any] = {
         "vqz_edge_version": __version__,
         "method": opts.method,
@@ -225,9 +226,11 @@ def calibrate(
     if tuned is not None and finetune is not None:
         summary["finetune"] = {
             "options": finetune.to_dict(), "history": tuned.history,
+            "implicit_scale_changes": tuned.implicit_scale_changes,
             "amax": {n: tuned.amax[n] for n in sorted(tuned.amax)},
-            "note": "calibration.cache and model.qdq.onnx hold the fine-tuned ranges and weights; build the "
-                    "implicit path from model.finetuned.onnx; 'tensors' keeps the histogram thresholds",
+            "note": "model.qdq.onnx holds the fine-tuned weights and ranges (explicit path); the implicit path "
+                    "builds model.finetuned.onnx with calibration.finetuned.cache; calibration.cache and 'tensors' "
+                    "stay the histogram thresholds of the original model",
         }
     files = {
         "cache": outdir / "calibration.cache",
@@ -246,14 +249,16 @@ def calibrate(
     if tuned is not None:
         files["finetuned"] = outdir / "model.finetuned.onnx"
         payloads["finetuned"] = tuned.model.SerializeToString()
+        files["finetuned_cache"] = outdir / "calibration.finetuned.cache"
+        payloads["finetuned_cache"] = cache_bytes(CalibrationCache.from_amax(tuned.amax, trt.code))
     for key, path in files.items():  # every payload is ready: a failure above wrote nothing
         atomic_write_bytes(path, payloads[key])
     _log.info("calibrated %s: %d tensors, %d images -> %s", model_path, len(amax), stats.images, outdir)
     return CalibrationResult(
         outdir, files, amax, stats.images, stats.batches, opts.method, str(trt), trt.code, source.description,
         qrep, resolution,
-        {"statistics": t1 - t0, "thresholds": t2 - t1, "qdq": t3 - t2,
-         **({"finetune": t4 - t3} if tuned is not None else {}), "total": time.perf_counter() - t0},
+        {"statistics": t1 - t0, "thresholds": t2 - t1, ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2,
+         "total": time.perf_counter() - t0},
     )
 
 

@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 from .. import ort as ortu
 from ..errors import CalibrationError, DependencyError
 from ..log import get_logger
+from ..onnx_io import graph_inputs
 from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from .qdq import per_channel_scale, weight_axis
@@ -44,7 +45,7 @@ _COMPUTE = ("Conv", "Gemm", "MatMul")
 class FinetuneOptions:
     """One pass over ``samples`` calibration samples in batches of ``batch_size`` (more samples, not more
     passes: fresh crops generalise, repeated ones overfit). ``lr``: Adam's step for weights and biases;
-    ``lr_range``: for the log activation ranges. Both decay to zero on a cosine schedule."""
+    ``lr_range``: for the log activation ranges. Both decay towards zero on a cosine schedule."""
 
     samples: int = 4096
     batch_size: int = 16
@@ -72,6 +73,8 @@ class FinetuneResult:
     amax: dict[str, float]  # every calibrated tensor; the INT8-fed ones with their trained range
     weight_scales: dict[str, np.ndarray]  # per-channel scales of the weights the plan quantizes
     history: list[dict[str, float]] = field(default_factory=list)  # distillation loss along the way
+    # weight channels whose largest level fell below 127: TensorRT's implicit path would derive another scale
+    implicit_scale_changes: int = 0
 
 
 def _torch() -> Any:
@@ -86,13 +89,29 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def quant_points(model: onnx.ModelProto, plan: ResolvedPlan) -> tuple[set[str], dict[str, int]]:
-    """Activation tensors the Q/DQ writer quantizes, and weight initializers with their channel axis -- the
-    same placement as :func:`vqz_edge.calib.qdq.insert_qdq`."""
+@dataclass(frozen=True)
+class QuantPoints:
+    """Where the Q/DQ writer puts fake quantization: per (node name, input index) of the INT8 layers, the
+    activation tensor or the weight with its channel axis. Consumers outside the plan's INT8 layers read the
+    float tensor, exactly as in :func:`vqz_edge.calib.qdq.insert_qdq`."""
+
+    activations: dict[tuple[str, int], str]
+    weights: dict[tuple[str, int], tuple[str, int]]
+
+    @property
+    def tensors(self) -> set[str]:
+        return set(self.activations.values())
+
+    @property
+    def weight_axes(self) -> dict[str, int]:
+        return {name: axis for name, axis in self.weights.values()}
+
+
+def quant_points(model: onnx.ModelProto, plan: ResolvedPlan) -> QuantPoints:
     inits = {i.name: i for i in model.graph.initializer}
     decided = {layer.name: layer for layer in plan.layers}
-    acts: set[str] = set()
-    weights: dict[str, int] = {}
+    acts: dict[tuple[str, int], str] = {}
+    weights: dict[tuple[str, int], tuple[str, int]] = {}
     for node in model.graph.node:
         layer = decided.get(node.name)
         if layer is None or not layer.quantizable or layer.precision != "int8":
@@ -102,12 +121,12 @@ def quant_points(model: onnx.ModelProto, plan: ResolvedPlan) -> tuple[set[str], 
             name = node.input[k]
             if name in inits:
                 if node.op_type != "Add":
-                    weights[name] = weight_axis(node, k, len(inits[name].dims))
+                    weights[(node.name, k)] = (name, weight_axis(node, k, len(inits[name].dims)))
             else:
-                acts.add(name)
+                acts[(node.name, k)] = name
         if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in inits:
-            weights[node.input[1]] = weight_axis(node, 1, len(inits[node.input[1]].dims))
-    return acts, weights
+            weights[(node.name, 1)] = (node.input[1], weight_axis(node, 1, len(inits[node.input[1]].dims)))
+    return QuantPoints(acts, weights)
 
 
 def _check_ops(model: onnx.ModelProto) -> None:
@@ -115,25 +134,26 @@ def _check_ops(model: onnx.ModelProto) -> None:
     if bad:
         raise CalibrationError(
             f"fine-tuning cannot run op(s) {bad} of model {model.graph.name!r} (it interprets {sorted(SUPPORTED_OPS)})",
-            hint="calibrate without --finetune, or keep the layers that need these ops above INT8 with sensitivity",
+            hint="calibrate without --finetune (the op runs whatever its precision), or fold/remove it before export",
         )
 
 
 class _Interpreter:
-    """Runs the ONNX graph in torch. Trainable: Conv/Gemm/MatMul weights and biases; activation log-ranges."""
+    """Runs the ONNX graph in torch. Trainable: Conv/Gemm/MatMul float weights and biases; activation log-ranges."""
 
-    def __init__(self, model: onnx.ModelProto, amax: Mapping[str, float], acts: set[str], weights: Mapping[str, int]):
+    def __init__(self, model: onnx.ModelProto, amax: Mapping[str, float], points: QuantPoints):
         torch = _torch()
         self.torch = torch
         self.model = model
         self.nodes = list(model.graph.node)
-        self.input = model.graph.input[0].name
+        inits = {i.name: i for i in model.graph.initializer}
+        self.input = next(i.name for i in model.graph.input if i.name not in inits)
         self.outputs = [o.name for o in model.graph.output]
-        init_names = {i.name for i in model.graph.initializer}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         trainable: set[str] = set()
         for n in self.nodes:
             if n.op_type in _COMPUTE:
-                trainable.update(x for x in n.input[1:] if x in init_names)
+                trainable.update(x for x in n.input if x in inits)
         self.consts: dict[str, Any] = {}
         self.params: dict[str, Any] = {}
         for init in model.graph.initializer:
@@ -143,11 +163,11 @@ class _Interpreter:
                 self.params[init.name] = torch.nn.Parameter(t)
             else:
                 self.consts[init.name] = t
-        self.weight_axis = dict(weights)
-        self.weight_scale = {w: torch.from_numpy(per_channel_scale(numpy_helper.to_array(
-            next(i for i in model.graph.initializer if i.name == w)), ax)) for w, ax in weights.items()}
+        self.points = points
+        self.weight_scale = {key: torch.from_numpy(per_channel_scale(numpy_helper.to_array(inits[key[0]]), key[1]))
+                             for key in sorted(set(points.weights.values()))}
         self.log_range = {t: torch.nn.Parameter(torch.tensor(math.log(max(float(amax[t]), 1e-8)), dtype=torch.float32))
-                          for t in sorted(acts)}
+                          for t in sorted(points.tensors)}
         self.quantize = True
 
     # fake quantization with straight-through rounding; gradients reach the scale (LSQ) and the input
@@ -157,34 +177,41 @@ class _Interpreter:
         r = v + (torch.round(v) - v).detach()
         return torch.clamp(r, lo, hi) * scale
 
-    def act(self, name: str, x: Any) -> Any:
-        if not self.quantize or name not in self.log_range:
-            return x
-        return self._fq(x, self.torch.exp(self.log_range[name]) / 127.0, -128, 127)
+    def _weight(self, name: str, axis: int) -> Any:
+        w = self.params[name] if name in self.params else self.consts[name]
+        shape = [1] * w.dim()
+        shape[axis] = -1
+        return self._fq(w, self.weight_scale[(name, axis)].reshape(shape), -127, 127)
 
-    def value(self, name: str, env: dict[str, Any]) -> Any:
+    def _input(self, node: onnx.NodeProto, k: int, env: dict[str, Any], fq: dict[Any, Any]) -> Any:
+        name = node.input[k]
+        if name == "":
+            return None
+        key = (node.name, k)
+        if self.quantize and key in self.points.activations:
+            if name not in fq:  # one shared Q/DQ pair per tensor
+                fq[name] = self._fq(env[name], self.torch.exp(self.log_range[name]) / 127.0, -128, 127)
+            return fq[name]
+        if self.quantize and key in self.points.weights:
+            wkey = self.points.weights[key]
+            if wkey not in fq:
+                fq[wkey] = self._weight(*wkey)
+            return fq[wkey]
         if name in env:
             return env[name]
         if name in self.params:
-            w = self.params[name]
-            if self.quantize and name in self.weight_axis:
-                shape = [1] * w.dim()
-                shape[self.weight_axis[name]] = -1
-                w = self._fq(w, self.weight_scale[name].reshape(shape), -127, 127)
-            return w
+            return self.params[name]
         if name in self.consts:
             return self.consts[name]
-        if name == "":
-            return None
         raise CalibrationError(f"fine-tuning: tensor {name!r} has no producer in {self.model.graph.name!r}")
 
-    def __call__(self, x: Any) -> list[Any]:
-        env: dict[str, Any] = {self.input: self.act(self.input, x)}
+    def __call__(self, x: Any) -> dict[str, Any]:
+        env: dict[str, Any] = {self.input: x}
+        fq: dict[Any, Any] = {}
         for node in self.nodes:
-            ins = [self.value(i, env) for i in node.input]
-            out = _run(self.torch, node, ins)
-            env[node.output[0]] = self.act(node.output[0], out)
-        return [env[o] for o in self.outputs]
+            ins = [self._input(node, k, env, fq) for k in range(len(node.input))]
+            env[node.output[0]] = _run(self.torch, node, ins, self.opset)
+        return {o: env[o] for o in self.outputs}
 
     def trainable(self) -> tuple[list[Any], list[Any]]:
         return list(self.params.values()), list(self.log_range.values())
@@ -197,7 +224,7 @@ def _pads(attrs: Mapping[str, Any], spatial: int) -> tuple[list[int], list[int]]
     return pads[:spatial], pads[spatial:]
 
 
-def _run(torch: Any, node: onnx.NodeProto, ins: list[Any]) -> Any:
+def _run(torch: Any, node: onnx.NodeProto, ins: list[Any], opset: int = 13) -> Any:
     f = torch.nn.functional
     op, a = node.op_type, _attrs(node)
     if op == "Conv":
@@ -241,7 +268,8 @@ def _run(torch: Any, node: onnx.NodeProto, ins: list[Any]) -> Any:
     if op in ("AveragePool", "MaxPool"):
         begin, end = _pads(a, ins[0].dim() - 2)
         if begin != end or ins[0].dim() != 4:
-            raise CalibrationError(f"fine-tuning: {op} {node.name!r} with asymmetric pads / non-2D input")
+            raise CalibrationError(f"fine-tuning: {op} {node.name!r} with asymmetric pads / non-2D input is not "
+                                   "interpreted", hint="calibrate without --finetune")
         if op == "MaxPool":
             return f.max_pool2d(ins[0], a["kernel_shape"], a.get("strides", 1), begin, a.get("dilations", 1),
                                 ceil_mode=bool(a.get("ceil_mode", 0)))
@@ -259,7 +287,11 @@ def _run(torch: Any, node: onnx.NodeProto, ins: list[Any]) -> Any:
     if op == "Concat":
         return torch.cat(ins, dim=a["axis"])
     if op == "Softmax":
-        return torch.softmax(ins[0], dim=a.get("axis", -1))
+        if opset >= 13:
+            return torch.softmax(ins[0], dim=a.get("axis", -1))
+        axis = a.get("axis", 1) % ins[0].dim()  # opset < 13: softmax over the dims from axis on, flattened
+        flat = ins[0].reshape(*ins[0].shape[:axis], -1)
+        return torch.softmax(flat, dim=-1).reshape(ins[0].shape)
     raise CalibrationError(f"fine-tuning: op {op} ({node.name!r}) is not interpreted")
 
 
@@ -294,29 +326,36 @@ def finetune(
     batches: Iterable[np.ndarray],
     options: FinetuneOptions | None = None,
     *,
+    output: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model``'s INT8 weights and activation ranges on ``options.samples`` calibration samples
-    from ``batches`` (any batch size; the FP32 teacher runs on each batch as it comes, nothing is stored)."""
+    from ``batches`` (any batch size; the FP32 teacher runs on each batch as it comes, nothing is stored),
+    distilling graph output ``output`` (default: the first)."""
     options = options or FinetuneOptions()
     torch = _torch()
     _check_ops(model)
-    if len(model.graph.input) != 1:
-        raise CalibrationError(f"fine-tuning takes single-input models; {model.graph.name!r} has "
-                               f"{len(model.graph.input)} inputs")
-    acts, weights = quant_points(model, plan)
-    missing = sorted(t for t in acts if t not in amax)
+    feeds = graph_inputs(model)
+    if len(feeds) != 1:
+        raise CalibrationError(f"fine-tuning takes single-input models; {model.graph.name!r} has inputs "
+                               f"{[f.name for f in feeds]}", hint="calibrate without --finetune")
+    outputs = [o.name for o in model.graph.output]
+    target = output or outputs[0]
+    if target not in outputs:
+        raise CalibrationError(f"fine-tuning: {target!r} is not an output of the model (outputs: {outputs})")
+    points = quant_points(model, plan)
+    missing = sorted(t for t in points.tensors if t not in amax)
     if missing:
         raise CalibrationError(f"activation(s) {missing[:3]} feed INT8 layers but have no calibrated range",
                                hint="re-run calibration on this exact model")
-    if not weights and not acts:
+    if not points.weights and not points.activations:
         raise CalibrationError("the plan quantizes nothing: there is nothing to fine-tune",
                                hint="fine-tune a plan that keeps some layers INT8")
     threads = torch.get_num_threads()
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     try:
-        net = _Interpreter(model, amax, acts, weights)
+        net = _Interpreter(model, amax, points)
         teacher = ortu.session(model, threads=options.threads)  # the untouched FP32 model, not the weights in training
         params, ranges = net.trainable()
         groups = [{"params": params, "lr": options.lr}]
@@ -331,15 +370,15 @@ def finetune(
         window = 0.0
         window_n = 0
         report_every = max(1, total_steps // 8)
-        bar = make_bar(progress, "fine-tuning", options.samples)
+        bar = make_bar(progress, "fine-tuning (samples)", options.samples)
         try:
             for step, xb in enumerate(_rebatch(batches, options.batch_size, options.samples), start=1):
                 x = torch.from_numpy(np.ascontiguousarray(xb))
-                ref = torch.from_numpy(teacher.run([net.outputs[0]], {net.input: x.numpy()})[0])
-                loss = _loss(torch, net(x)[0], ref)
+                ref = torch.from_numpy(teacher.run([target], {net.input: x.numpy()})[0])
+                loss = _loss(torch, net(x)[target], ref)
                 if not torch.isfinite(loss):
                     raise CalibrationError(f"fine-tuning diverged at step {step} (loss {float(loss)})",
-                                           hint="lower --finetune-lr")
+                                           hint="lower --finetune-lr (weights) or lr_range (FinetuneOptions)")
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -358,30 +397,42 @@ def finetune(
         if seen < options.samples:
             raise CalibrationError(f"fine-tuning wanted {options.samples} samples but the data gave {seen}",
                                    hint="use image data (random crops are unlimited) or lower --finetune-samples")
-        return _export(model, net, weights, amax, history)
+        return _export(model, net, amax, history)
     finally:
         torch.set_num_threads(threads)
 
 
-def _export(model: onnx.ModelProto, net: _Interpreter, weights: Mapping[str, int], amax: Mapping[str, float],
+def _export(model: onnx.ModelProto, net: _Interpreter, amax: Mapping[str, float],
             history: list[dict[str, float]]) -> FinetuneResult:
     torch = net.torch
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    axes = net.points.weight_axes
     scales: dict[str, np.ndarray] = {}
     with torch.no_grad():
         values: dict[str, np.ndarray] = {}
+        short = 0
         for name, p in net.params.items():
             w = p.detach()
-            if name in weights:  # store the weight on its INT8 grid: the Q/DQ model and the FP32 file agree
+            if name in axes:  # store the weight on its INT8 grid: the Q/DQ model and the FP32 file agree
+                axis = axes[name]
                 shape = [1] * w.dim()
-                shape[weights[name]] = -1
-                s = net.weight_scale[name].reshape(shape)
-                w = torch.clamp(torch.round(w / s), -127, 127) * s
-                scales[name] = net.weight_scale[name].numpy().astype(np.float32)
+                shape[axis] = -1
+                s = net.weight_scale[(name, axis)].reshape(shape)
+                q = torch.clamp(torch.round(w / s), -127, 127)
+                w = q * s
+                scales[name] = net.weight_scale[(name, axis)].numpy().astype(np.float32)
+                # TensorRT's implicit path derives each channel's scale from max|w| of model.finetuned.onnx: the
+                # same scale only while the channel still reaches level 127
+                reduce = tuple(i for i in range(q.dim()) if i != axis)
+                short += int((q.abs().amax(dim=reduce) < 127).sum()) if reduce else 0
             values[name] = w.numpy().astype(np.float32)
         tuned = {**amax, **{t: float(torch.exp(v).item()) for t, v in net.log_range.items()}}
     for init in out.graph.initializer:
         if init.name in values:
             init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
-    return FinetuneResult(out, tuned, scales, history)
+    if short:
+        _log.warning("%d weight channels no longer reach INT8 level 127 after fine-tuning: TensorRT's implicit path "
+                     "(model.finetuned.onnx + calibration.finetuned.cache) would rescale them; build from "
+                     "model.qdq.onnx", short)
+    return FinetuneResult(out, tuned, scales, history, short)

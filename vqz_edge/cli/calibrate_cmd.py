@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  Q/DQ: {q.int8_layers} INT8 layers ({q.activations} activation tensors, {q.weights} weights per-channel), "
           f"{q.skipped_layers} kept above INT8 by the plan")
     print(f"  cache header TRT-{result.version_code}-EntropyCalibration2 (TensorRT {result.trt_version})")
-    if "finetune" in s:
-        print(f"  fine-tuned on {args.finetune_samples} further samples in {s['finetune']:.0f}s: the Q/DQ model and the "
-              "cache hold the trained weights and ranges; build the implicit path from model.finetuned.onnx")
+    if "finetune+qdq" in s:
+        print(f"  fine-tuned on {args.finetune_samples} samples in {s['finetune+qdq']:.0f}s: model.qdq.onnx holds the "
+              "trained weights and ranges; the implicit path builds model.finetuned.onnx with calibration.finetuned.cache")
     for key, path in sorted(result.files.items()):
         print(f"  {key:10s} {path}")
     for rule in result.resolution.unmatched_rules:

@@ -161,8 +161,6 @@ class Evaluator:
         _, self.output = _primary_index(model, output)
         self._reference: list[np.ndarray] | None = None
         self.evaluations = 0
-        # weights already on their INT8 grid (fine-tuned): their per-channel scales, else absmax/127
-        self.weight_scales: dict[str, np.ndarray] = {}
 
     @property
     def samples(self) -> int:
@@ -177,7 +175,7 @@ class Evaluator:
     def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
         if variant is not None:
             return variant.qdq(plan)
-        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
+        return insert_qdq(self.model, self.amax, plan)[0]
 
     def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
         """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
@@ -201,7 +199,7 @@ class Variant:
     weight_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def qdq(self, plan: ResolvedPlan) -> onnx.ModelProto:
-        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
+        return insert_qdq(self.model, self.amax, plan)[0]
 
 
 def evaluate_stream(
