@@ -51,3 +51,23 @@ def test_shown_export_command_parses() -> None:
             args = shlex.split(line.removeprefix("$ "))[1:]
             ns = parser.parse_args(args)
             assert ns.command == "export" and Path(ns.output).suffix == ".onnx"
+
+
+def test_shown_calibrate_and_sensitivity_commands_parse() -> None:
+    """The README's calibrate / sensitivity command lines (continuations joined) are valid for the real parser."""
+    parser = build_parser()
+    joined: list[str] = []
+    for line in _code_lines():
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line
+        else:
+            joined.append(line)
+    checked = 0
+    for line in joined:
+        m = re.match(r"^(?:\$ )?(?:\.venv/bin/)?vqz-edge (calibrate|sensitivity) ", line)
+        if m:
+            args = shlex.split(line.removeprefix("$ "))[1:]
+            ns = parser.parse_args(args)
+            assert ns.command == m.group(1)
+            checked += 1
+    assert checked >= 2

@@ -46,6 +46,14 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return _e(x)
 
 
+def _meets(m: dict[str, Any], opts: dict[str, Any], metric: str) -> bool:
+    key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[metric]
+    value = m.get(key)
+    if value is None or value < opts["target"]:
+        return bool(value is None and metric == "sqnr")
+    return opts.get("min_agreement") is None or (m.get("agreement") or 0.0) >= opts["min_agreement"]
+
+
 def _metrics_rows(label: str, m: Mapping[str, Any]) -> list[str]:
     agr, conf = m.get("agreement"), m.get("agreement_confident")
     return [_e(label), _fmt(m["samples"]), _fmt(m["cosine"]), "-" if agr is None else f"{agr * 100:.1f}%",
@@ -70,22 +78,27 @@ def render(result: SensitivityResult, images: Mapping[str, bytes]) -> str:
     auto = doc.get("auto_plan")
     if auto:
         rows.append(_metrics_rows("automatic plan (sweep samples)", auto["achieved"]))
+        if auto.get("finetuned"):
+            rows.append(_metrics_rows("automatic plan fine-tuned (sweep samples)", auto["finetuned"]))
         v = auto.get("verification")
         if v:
             rows.append(_metrics_rows("all INT8, verification samples", v["baseline_all_int8"]))
             rows.append(_metrics_rows("automatic plan, verification samples", v["plan"]))
+            if v.get("plan_finetuned"):
+                rows.append(_metrics_rows("automatic plan fine-tuned, verification samples", v["plan_finetuned"]))
     parts += ["<h2>Summary</h2>", _table(["model", "samples", "cosine", "top-1 agreement",
                                           "top-1 agreement where FP32 softmax ≥ 0.5", "SQNR dB"], rows, {1, 2, 3, 4, 5})]
     if auto:
         s = auto["share_above_int8"]
-        met = auto["met_on_sweep_data"]
+        met = auto["met_on_sweep_data"] if not auto.get("finetuned") else _meets(auto["finetuned"], auto["options"], metric)
         v = auto.get("verification")
         opts = auto["options"]
         cond = f"{_e(metric)} &ge; {opts['target']}" + (
             f" and top-1 agreement &ge; {opts['min_agreement']}" if opts.get("min_agreement") is not None else "")
         parts += [
             "<h2>Automatic plan</h2>",
-            f"<p>Target: {cond}. On the sweep samples: <span class='{'ok' if met else 'bad'}'>"
+            f"<p>Target: {cond}. On the sweep samples{' after fine-tuning' if auto.get('finetuned') else ''}: "
+            f"<span class='{'ok' if met else 'bad'}'>"
             f"{'met' if met else 'not met'}</span>"
             + (f"; on {v['samples']} separate verification samples: <span class='{'ok' if v['met'] else 'bad'}'>"
                f"{'met' if v['met'] else 'not met'}</span>" if v else "") + ".</p>",

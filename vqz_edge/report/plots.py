@@ -93,6 +93,10 @@ def sensitivity_chart(result: SensitivityResult, top: int = 25) -> bytes:
         ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS["int8"], ms=3, lw=1)
         ax2.axhline(auto.options.target, color=COLORS["fp32"], ls="--", lw=0.8)
         ax2.plot([len(auto.kept)], [auto.achieved.value(auto.metric)], "s", color=COLORS["fp16"], ms=6)
+        if auto.finetuned is not None:  # the same plan after quantization-aware fine-tuning
+            ax2.plot([len(auto.kept)], [auto.finetuned.value(auto.metric)], "*", color=COLORS["fp16"], ms=10)
+            ax2.annotate("fine-tuned", (len(auto.kept), auto.finetuned.value(auto.metric)), fontsize=7,
+                         textcoords="offset points", xytext=(-8, 6), ha="right")
         ax2.set_xlabel("units kept FP16, most sensitive first")
         ax2.set_ylabel(auto.metric)
         ax2.set_title(f"plan search (target {auto.options.target})", loc="left", fontsize=8)
