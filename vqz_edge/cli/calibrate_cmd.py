@@ -9,7 +9,7 @@ from ..errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
+    from . import add_common, add_finetune_args
 
     p = sub.add_parser(
         "calibrate",
@@ -33,13 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pol = p.add_argument_group("precision policy")
     pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
                      help="preset rules (default: the spec's, else cnn = final head FP32); none = every layer INT8")
-    f = p.add_argument_group("quantization-aware fine-tuning")
-    f.add_argument("--finetune", action="store_true",
-                   help="after calibration, train the INT8 weights and activation ranges to reproduce the FP32 outputs "
-                   "on fresh calibration samples (distillation, no labels; torch on the CPU); also writes "
-                   "model.finetuned.onnx")
-    f.add_argument("--finetune-samples", type=int, default=4096, help="samples, one pass (default 4096)")
-    f.add_argument("--finetune-lr", type=float, default=1e-5, help="Adam step for weights (default 1e-5)")
+    add_finetune_args(p, "quantization-aware fine-tuning", "after calibration")
     o = p.add_argument_group("spec and output")
     o.add_argument("--spec", type=Path, help="build spec (TOML): calibration defaults and precision rules")
     o.add_argument("-o", "--output", type=Path, help="output directory (default calibration/<model>/)")
@@ -67,10 +61,9 @@ def default_outdir(model: Path, name: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..calib import CalibrationOptions, calibrate
-    from ..calib.finetune import FinetuneOptions
     from ..progress import tqdm_factory
     from ..spec import CalibrationSpec, load_spec
-    from . import emit_json
+    from . import emit_json, finetune_options
 
     spec = load_spec(args.spec) if args.spec else None
     cs = spec.calibration if spec else CalibrationSpec()
@@ -85,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or cs.batch_size,
             trt_version=_trt_version(args) or "10.3.0",
         )
-        finetune = FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr) if args.finetune else None
+        finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     name = spec.model.name if spec else None

@@ -9,7 +9,7 @@ from ..errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
+    from . import add_common, add_finetune_args
 
     p = sub.add_parser(
         "sensitivity",
@@ -53,13 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--target", type=float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
     t.add_argument("--min-agreement", type=float, help="also require this top-1 agreement, e.g. 0.92")
     t.add_argument("--max-kept", type=int, help="never keep more than N units above INT8")
-    f = p.add_argument_group("quantization-aware fine-tuning (with --target)")
-    f.add_argument("--finetune", action="store_true",
-                   help="train the plan's INT8 weights and activation ranges to reproduce the FP32 outputs on fresh "
-                   "calibration crops (distillation, no labels; torch on the CPU, ~3.5 min per 4096 MobileNetV2 "
-                   "samples on 2 cores); writes model.finetuned.onnx and its calibration.cache")
-    f.add_argument("--finetune-samples", type=int, default=4096, help="calibration samples, one pass (default 4096)")
-    f.add_argument("--finetune-lr", type=float, default=1e-5, help="Adam step for weights (default 1e-5)")
+    f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path,
@@ -72,12 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calib.finetune import FinetuneOptions
     from ..progress import tqdm_factory
     from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
     from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
     from ..spec import load_spec
-    from . import emit_json
+    from . import emit_json, finetune_options
 
     spec = load_spec(args.spec) if args.spec else None
     preset = args.preset or (spec.precision.preset if spec else "none")
@@ -89,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             target = TargetOptions(target=args.target, min_agreement=args.min_agreement, max_kept=args.max_kept)
         elif args.min_agreement is not None or args.max_kept is not None or args.finetune:
             raise InputError("--min-agreement, --max-kept and --finetune only apply with --target")
-        finetune = FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr) if args.finetune else None
+        finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     outdir = args.output or args.calibration / "sensitivity"
