@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..calib.histogram import AbsHistogram
+from ..calib.thresholds import percentile_amax
 from ..policy.plan import ResolvedPlan
-from ..sensitivity.diagnostics import percentile_abs
 from ..sensitivity.sweep import LOSS_LABEL, SensitivityResult
 from ..sensitivity.units import block_of
 
@@ -141,7 +141,7 @@ def histogram_grid(result: SensitivityResult, histograms: Mapping[str, AbsHistog
         amax = result.amax.get(tensor)
         if amax is not None:
             ax.axvline(amax, color=COLORS["fp32"], lw=1.2, label=f"amax {amax:.3g}")
-        ax.axvline(percentile_abs(h, 99.9), color="#444444", lw=0.8, ls=":", label="p99.9")
+        ax.axvline(percentile_amax(h, 99.9), color="#444444", lw=0.8, ls=":", label="p99.9")
         ax.axvline(h.amax, color="#444444", lw=0.8, ls="--", label=f"max {h.amax:.3g}")
         kinds = ", ".join(sorted({f.kind for f in flags.get(tensor, [])}))
         ax.set_title(short(tensor, 46) + (f"\n[{kinds}]" if kinds else ""), fontsize=7, loc="left")

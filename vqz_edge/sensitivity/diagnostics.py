@@ -32,6 +32,7 @@ from onnx import numpy_helper
 
 from ..calib.histogram import AbsHistogram
 from ..calib.qdq import weight_axis
+from ..calib.thresholds import percentile_amax
 from .units import quantized_inputs
 
 COARSE_BINS = 32
@@ -78,16 +79,6 @@ def twin_peak(hist: AbsHistogram) -> TwinPeak:
     ratio = float("inf") if valley == 0 else float(cc[j] / valley)
     twin = low >= TWIN_LOW_SHARE and peak_share >= TWIN_PEAK_SHARE and cc[j] > 0 and ratio >= TWIN_PROMINENCE
     return TwinPeak(bool(twin), low, (j + 0.5) / k, peak_share, ratio)
-
-
-def percentile_abs(hist: AbsHistogram, q: float) -> float:
-    """Upper edge of the bin where the |x| CDF reaches ``q`` percent."""
-    total = hist.counts.sum()
-    if total == 0 or hist.range == 0.0:
-        return hist.amax
-    cdf = np.cumsum(hist.counts) / total
-    idx = int(np.searchsorted(cdf, q / 100.0))
-    return min(float(idx + 1) * hist.range / hist.nbins, hist.amax)
 
 
 def clipped_share(hist: AbsHistogram, amax: float) -> float:
@@ -138,7 +129,7 @@ def activation_flags(name: str, hist: AbsHistogram, amax: float | None, consumer
             detail += f"; with the threshold at {amax or top:.3g} the values near zero get only ~{levels:.0f} of 127 levels"
             suggestion = "keep its consumers FP16 (the vit preset does this for Softmax/GELU neighbourhoods)"
         flags.append(Flag(name, "twin_peak", tp.peak_share, detail, suggestion, tuple(consumers)))
-    p999 = percentile_abs(hist, 99.9)
+    p999 = percentile_amax(hist, 99.9)
     if p999 > 0 and top / p999 >= OUTLIER_RATIO:
         ratio = top / p999
         detail = f"max |x| {top:.3g} is {ratio:.1f}x the 99.9th percentile {p999:.3g}"
