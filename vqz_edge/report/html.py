@@ -46,14 +46,6 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return _e(x)
 
 
-def _meets(m: dict[str, Any], opts: dict[str, Any], metric: str) -> bool:
-    key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[metric]
-    value = m.get(key)
-    if value is None or value < opts["target"]:
-        return bool(value is None and metric == "sqnr")
-    return opts.get("min_agreement") is None or (m.get("agreement") or 0.0) >= opts["min_agreement"]
-
-
 def _metrics_rows(label: str, m: Mapping[str, Any]) -> list[str]:
     agr, conf = m.get("agreement"), m.get("agreement_confident")
     return [_e(label), _fmt(m["samples"]), _fmt(m["cosine"]), "-" if agr is None else f"{agr * 100:.1f}%",
@@ -90,7 +82,7 @@ def render(result: SensitivityResult, images: Mapping[str, bytes]) -> str:
                                           "top-1 agreement where FP32 softmax ≥ 0.5", "SQNR dB"], rows, {1, 2, 3, 4, 5})]
     if auto:
         s = auto["share_above_int8"]
-        met = auto["met_on_sweep_data"] if not auto.get("finetuned") else _meets(auto["finetuned"], auto["options"], metric)
+        met = auto["met_on_sweep_data"] if not auto.get("finetuned") else auto["finetuned_met_on_sweep_data"]
         v = auto.get("verification")
         opts = auto["options"]
         cond = f"{_e(metric)} &ge; {opts['target']}" + (

@@ -166,6 +166,7 @@ class AutoPlan:
             "kept": self.kept,
             "kept_layers": self.kept_layers,
             "met_on_sweep_data": self.met,
+            "finetuned_met_on_sweep_data": None if self.finetuned is None else self.meets(self.finetuned),
             "finetuned": None if self.finetuned is None else self.finetuned.to_dict(),
             "finetune": self.finetune,
             "baseline_all_int8": self.baseline.to_dict(),
