@@ -32,8 +32,7 @@ from ..trt.compat import parse_trt_version
 from .cache import CalibrationCache, cache_bytes
 from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data
-from .finetune import FinetuneOptions, FinetuneResult
-from .finetune import finetune as finetune_model
+from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
 from .qdq import QdqReport, insert_qdq
 from .thresholds import compute_amax
@@ -196,12 +195,7 @@ def calibrate(
     if finetune is None:
         qdq_model, qrep = insert_qdq(model, amax, resolution.plan)
     else:
-        ft_source = open_data(data, infos[0], count=finetune.samples)
-        if ft_source.count < finetune.samples:
-            raise InputError(f"--finetune-samples {finetune.samples}: the data {ft_source.description} holds fewer",
-                             hint="lower --finetune-samples, or give a folder of images (crops are unlimited)")
-        tuned = finetune_model(model, amax, resolution.plan, ft_source.batches(finetune.batch_size), finetune,
-                               progress=progress)
+        tuned, _ = finetune_on_data(model, amax, resolution.plan, data, infos[0], finetune, progress=progress)
         qdq_model, qrep = insert_qdq(tuned.model, tuned.amax, resolution.plan, tuned.weight_scales)
     t3 = time.perf_counter()
 

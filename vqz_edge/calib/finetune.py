@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +26,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import ort as ortu
-from ..errors import CalibrationError, DependencyError
+from ..errors import CalibrationError, DependencyError, InputError
 from ..log import get_logger
-from ..onnx_io import graph_inputs
+from ..onnx_io import TensorInfo, graph_inputs
 from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
+from .datasource import DataSource, open_data
 from .qdq import per_channel_scale, weight_axis
 
 _log = get_logger(__name__)
@@ -400,6 +402,27 @@ def finetune(
         return _export(model, net, amax, history)
     finally:
         torch.set_num_threads(threads)
+
+
+def finetune_on_data(
+    model: onnx.ModelProto,
+    amax: Mapping[str, float],
+    plan: ResolvedPlan,
+    data: str | Path,
+    model_input: TensorInfo,
+    options: FinetuneOptions,
+    *,
+    output: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> tuple[FinetuneResult, DataSource]:
+    """:func:`finetune` on ``options.samples`` samples of the calibration split of ``data`` ('demo', a folder of
+    images or FILE.npy); refused before any training when the data holds fewer."""
+    src = open_data(data, model_input, count=options.samples, split="calibration")
+    if src.count < options.samples:
+        raise InputError(f"--finetune-samples {options.samples}: the data {src.description} holds fewer",
+                         hint="lower --finetune-samples, or give a folder of images (crops are unlimited)")
+    return finetune(model, amax, plan, src.batches(options.batch_size), options, output=output,
+                    progress=progress), src
 
 
 def _export(model: onnx.ModelProto, net: _Interpreter, amax: Mapping[str, float],

@@ -257,15 +257,10 @@ def analyze(
 def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, evaluator: Evaluator,
               options: FinetuneOptions, data: str | Path | None, cal: Calibration, info: Any,
               progress: ProgressFactory | None) -> Variant:
-    from ..calib.finetune import finetune
+    from ..calib.finetune import finetune_on_data
 
-    spec = data or _calibration_data(cal, "--finetune-data")
-    src = open_data(spec, info, count=options.samples, split="calibration")
-    if src.count < options.samples:
-        raise InputError(f"--finetune-samples {options.samples}: the data {src.description} holds fewer",
-                         hint="lower --finetune-samples, or give a folder of images (crops are unlimited)")
-    ft = finetune(model, amax, plan.plan, src.batches(options.batch_size), options, output=evaluator.output,
-                  progress=progress)
+    ft, src = finetune_on_data(model, amax, plan.plan, data or _calibration_data(cal, "--finetune-data"), info,
+                               options, output=evaluator.output, progress=progress)
     variant = Variant(ft.model, ft.amax, ft.weight_scales)
     plan.finetuned = evaluator.evaluate(plan.plan, variant)
     plan.finetune = {"options": options.to_dict(), "data": src.description,
