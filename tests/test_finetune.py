@@ -21,6 +21,8 @@ from vqz_edge.errors import CalibrationError
 from vqz_edge.policy.plan import ResolvedPlan
 from vqz_edge.policy.resolve import resolve_spec
 from vqz_edge.sensitivity import load_calibration
+from vqz_edge.sensitivity.evaluator import _Accumulator
+from vqz_edge.sensitivity.run import domain_gap
 from vqz_edge.spec import PrecisionRule
 
 torch = pytest.importorskip("torch")
@@ -228,6 +230,26 @@ def test_cli_finetune_needs_a_target(tmp_path: Path, mobilenet_onnx: Path, mobil
     assert not (tmp_path / "s").exists()
 
 
+def test_domain_gap_compares_held_out_and_calibration_loss(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((8, 10)).astype(np.float32)
+    got = ref + rng.standard_normal((8, 10)).astype(np.float32) * np.linspace(0.01, 0.3, 8, dtype=np.float32)[:, None]
+    acc = _Accumulator()
+    acc.update(ref[:5], got[:5])
+    acc.update(ref[5:], got[5:])
+    m = acc.result(None)
+    r, g = ref.astype(np.float64), got.astype(np.float64)
+    by_hand = float(np.mean(((r - g) ** 2).sum(1) / (r**2).sum(1)))
+    assert m.nmse == pytest.approx(by_hand, rel=1e-12)
+    with caplog.at_level("WARNING"):
+        near = domain_gap(by_hand / 1.1, m)
+    assert near is not None and not near["large"] and near["ratio"] == pytest.approx(1.1, abs=1e-4)
+    assert "unlike the calibration data" not in caplog.text
+    with caplog.at_level("WARNING"):
+        far = domain_gap(by_hand / 1.6, m)
+    assert far is not None and far["large"] and "unlike the calibration data" in caplog.text
+
+
 @pytest.mark.slow
 def test_cli_sensitivity_finetune_writes_a_verified_finetuned_model(
     tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path
@@ -241,6 +263,10 @@ def test_cli_sensitivity_finetune_writes_a_verified_finetuned_model(
     doc = json.loads(r.stdout)
     auto = doc["auto_plan"]
     assert auto["finetune"]["options"]["samples"] == 48 and auto["finetuned"]["samples"] == 16
+    gap = auto["finetune"]["domain_gap"]
+    assert gap["calibration_loss"] == pytest.approx(auto["finetune"]["history"][-1]["loss"], rel=1e-4)
+    assert gap["held_out_loss"] == pytest.approx(auto["finetuned"]["nmse"], rel=1e-4)
+    assert gap["large"] == (gap["ratio"] > gap["warn_above"])
     v = auto["verification"]
     assert v["samples"] == 16 and v["plan_finetuned"] is not None
     assert v["met"] == (v["plan_finetuned"]["cosine"] >= 0.999)

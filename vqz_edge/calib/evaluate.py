@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,9 @@ class _OutputAccumulator:
     classifier: bool = False
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
-        if ref.shape != got.shape:
-            raise InputError(f"output {self.name!r}: reference shape {ref.shape} != candidate shape {got.shape}")
-        r = ref.astype(np.float64).reshape(ref.shape[0], -1)
-        g = got.astype(np.float64).reshape(got.shape[0], -1)
-        self.signal += float(np.sum(r * r))
-        self.noise += float(np.sum((r - g) ** 2))
+        r, g, signal, noise = compare_rows(ref, got, f"output {self.name!r}")
+        self.signal += signal
+        self.noise += noise
         self.cosine_sum += float(np.sum(row_cosine(r, g)))
         self.samples += r.shape[0]
         if ref.ndim == 2 and ref.shape[1] > 1:
@@ -51,12 +49,12 @@ class _OutputAccumulator:
             self.kl_sum += float(np.sum(p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300)))))
 
     def result(self) -> dict[str, Any]:
-        sqnr = float("inf") if self.noise == 0 else 10.0 * np.log10(max(self.signal, 1e-300) / self.noise)
+        sqnr = sqnr_db(self.signal, self.noise)
         out: dict[str, Any] = {
             "name": self.name,
             "samples": self.samples,
             "mean_cosine": self.cosine_sum / max(self.samples, 1),
-            "sqnr_db": round(sqnr, 4) if np.isfinite(sqnr) else None,
+            "sqnr_db": None if sqnr is None else round(sqnr, 4),
         }
         if self.classifier:
             out.update(
@@ -65,6 +63,21 @@ class _OutputAccumulator:
                 mean_kl=self.kl_sum / self.samples,
             )
         return out
+
+
+def compare_rows(ref: np.ndarray, got: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Reference and candidate batches as float64 (N, D) rows, with their signal and noise energy.
+    ``what`` names the output in the shape-mismatch error."""
+    if ref.shape != got.shape:
+        raise InputError(f"{what}: reference shape {ref.shape} != candidate shape {got.shape}")
+    r = ref.astype(np.float64).reshape(ref.shape[0], -1)
+    g = got.astype(np.float64).reshape(got.shape[0], -1)
+    return r, g, float(np.sum(r * r)), float(np.sum((r - g) ** 2))
+
+
+def sqnr_db(signal: float, noise: float) -> float | None:
+    """Signal-to-quantization-noise ratio in dB; None for identical outputs (infinite)."""
+    return None if noise == 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
 
 
 def row_cosine(r: np.ndarray, g: np.ndarray) -> np.ndarray:

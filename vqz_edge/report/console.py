@@ -63,6 +63,12 @@ def format_auto_plan(result: SensitivityResult) -> str:
         lines.append(f"  fine-tuned ({a.finetune['options']['samples']} samples of {a.finetune['data']}): plan {m} "
                      f"{f.value(m):.4f} top-1 {_pct(f.agreement).strip()} on the sweep samples "
                      f"({'MET' if a.meets(f) else 'NOT MET'})")
+        gap = a.finetune.get("domain_gap")
+        if gap:
+            lines.append(f"    distillation loss: calibration data {gap['calibration_loss']:.5f}, held-out sweep samples "
+                         f"{gap['held_out_loss']:.5f} ({gap['ratio']:.1f}x)"
+                         + (": the held-out data looks unlike the calibration data -- calibrate and fine-tune on data "
+                            "from the deployment domain (more samples will not close this)" if gap["large"] else ""))
     v = a.verification
     if v:
         key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[m]

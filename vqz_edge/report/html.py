@@ -104,6 +104,14 @@ def render(result: SensitivityResult, images: Mapping[str, bytes]) -> str:
             "<p class='small'>Search steps: " + ", ".join(
                 f"{_e(st['phase'])} k={st['kept']}: {st[metric]}" for st in auto["steps"]) + "</p>",
         ]
+        gap = (auto.get("finetune") or {}).get("domain_gap")
+        if gap:
+            parts.append(
+                f"<p>Fine-tuning's distillation loss: {gap['calibration_loss']:.5f} on the calibration data, "
+                f"{gap['held_out_loss']:.5f} on the held-out sweep samples (<span class='{'bad' if gap['large'] else 'ok'}'>"
+                f"{gap['ratio']:.1f}x</span>)"
+                + (": the held-out data looks unlike the calibration data; calibration data from the deployment "
+                   "domain closes that gap, more fine-tuning samples do not." if gap["large"] else ".") + "</p>")
         if v and v["plan"].get("per_source"):
             per_b, per_p = v["baseline_all_int8"]["per_source"], v["plan"]["per_source"]
             prow = []

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
-from ..calib.evaluate import row_cosine
+from ..calib.evaluate import compare_rows, row_cosine, sqnr_db
 from ..calib.qdq import insert_qdq
 from ..errors import InputError
 from ..onnx_io import graph_inputs, graph_outputs
@@ -38,6 +38,8 @@ class Metrics:
     # and their share: top-1 flips concentrate on near-ties, which this separates (no sample is dropped above)
     agreement_confident: float | None = None
     confident_share: float | None = None
+    # mean per-sample ||ref - got||^2 / ||ref||^2: the fine-tuning's distillation loss on these samples
+    nmse: float | None = None
 
     def value(self, metric: str) -> float:
         """The metric, higher is better."""
@@ -61,12 +63,14 @@ class Metrics:
             "per_source": {k: {kk: round(vv, 6) for kk, vv in v.items()} for k, v in sorted(self.per_source.items())},
             "agreement_confident": None if self.agreement_confident is None else round(self.agreement_confident, 6),
             "confident_share": None if self.confident_share is None else round(self.confident_share, 6),
+            "nmse": None if self.nmse is None else round(self.nmse, 8),
         }
 
 
 class _Accumulator:
     def __init__(self) -> None:
         self.cos: list[np.ndarray] = []
+        self.nmse: list[np.ndarray] = []
         self.top1: list[np.ndarray] = []
         self.confident: list[np.ndarray] = []
         self.signal = 0.0
@@ -74,13 +78,11 @@ class _Accumulator:
         self.classifier = True
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
-        if ref.shape != got.shape:
-            raise InputError(f"reference output shape {ref.shape} != candidate shape {got.shape}")
-        r = ref.astype(np.float64).reshape(ref.shape[0], -1)
-        g = got.astype(np.float64).reshape(got.shape[0], -1)
-        self.signal += float(np.sum(r * r))
-        self.noise += float(np.sum((r - g) ** 2))
+        r, g, signal, noise = compare_rows(ref, got, "output")
+        self.signal += signal
+        self.noise += noise
         self.cos.append(row_cosine(r, g))
+        self.nmse.append(np.sum((r - g) ** 2, axis=1) / np.maximum(np.sum(r * r, axis=1), 1e-12))
         if ref.ndim == 2 and ref.shape[1] > 1:
             self.top1.append(np.argmax(r, axis=1) == np.argmax(g, axis=1))
             z = np.exp(r - r.max(axis=1, keepdims=True))
@@ -94,7 +96,7 @@ class _Accumulator:
         if n == 0:
             raise InputError("evaluation data yielded no samples")
         top1 = np.concatenate(self.top1) if self.classifier and self.top1 else None
-        sqnr = None if self.noise == 0 else 10.0 * math.log10(max(self.signal, 1e-300) / self.noise)
+        sqnr = sqnr_db(self.signal, self.noise)
         per: dict[str, dict[str, float]] = {}
         if sources is not None:
             names = np.asarray(list(sources)[:n])
@@ -110,7 +112,7 @@ class _Accumulator:
             conf_share = float(conf.mean())
             conf_agr = float(top1[conf].mean()) if conf.any() else None
         return Metrics(n, float(cos.mean()), None if top1 is None else float(top1.mean()), sqnr, per, conf_agr,
-                       conf_share)
+                       conf_share, float(np.concatenate(self.nmse).mean()))
 
 
 def _primary_index(model: onnx.ModelProto, output: str | None) -> tuple[int, str]:

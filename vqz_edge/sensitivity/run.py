@@ -28,7 +28,7 @@ from ..policy.resolve import resolve_spec
 from ..progress import ProgressFactory
 from ..spec import PrecisionRule
 from .diagnostics import diagnose
-from .evaluator import Evaluator, Variant, evaluate_stream
+from .evaluator import Evaluator, Metrics, Variant, evaluate_stream
 from .sweep import (
     AutoPlan,
     SensitivityResult,
@@ -265,8 +265,30 @@ def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, ev
     plan.finetuned = evaluator.evaluate(plan.plan, variant)
     plan.finetune = {"options": options.to_dict(), "data": src.description,
                      "history": [{k: round(v, 6) for k, v in h.items()} for h in ft.history],
-                     "implicit_scale_changes": ft.implicit_scale_changes}
+                     "implicit_scale_changes": ft.implicit_scale_changes,
+                     "domain_gap": domain_gap(ft.history[-1]["loss"], plan.finetuned)}
     return variant
+
+
+# held-out loss this many times the calibration loss: the calibration photos do not look like the held-out ones
+DOMAIN_GAP_WARN = 1.3
+
+
+def domain_gap(calibration_loss: float, held_out: Metrics) -> dict[str, Any] | None:
+    """The fine-tuned model's distillation loss on the calibration data (the last training steps, each on crops it
+    had not trained on yet) against the same loss on the held-out sweep samples. A large ratio says the held-out
+    data is unlike the calibration data: more fine-tuning will not help, calibration data from that domain will."""
+    if held_out.nmse is None or calibration_loss <= 0:
+        return None
+    ratio = held_out.nmse / calibration_loss
+    gap = {"calibration_loss": round(calibration_loss, 8), "held_out_loss": round(held_out.nmse, 8),
+           "ratio": round(ratio, 4), "warn_above": DOMAIN_GAP_WARN, "large": ratio > DOMAIN_GAP_WARN}
+    if gap["large"]:
+        _log.warning("after fine-tuning the distillation loss on the held-out samples is %.1fx the loss on the "
+                     "calibration data (%.5f vs %.5f): the held-out data looks unlike the calibration data; fine-tune "
+                     "and calibrate on data from the deployment domain (--finetune-data, calibrate --data) rather "
+                     "than on more samples", ratio, held_out.nmse, calibration_loss)
+    return gap
 
 
 def cache_version(cal: Calibration) -> int:
