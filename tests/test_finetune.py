@@ -141,6 +141,19 @@ def test_interpreter_quantizes_per_consumer_like_the_qdq_writer(tiny: tuple) -> 
     assert np.abs(all_int8 - qdq).max() > 10 * np.abs(_interpreted(model, amax, plan, x) - qdq).max()
 
 
+def test_progress_bar_counts_what_its_description_names() -> None:
+    from vqz_edge.progress import tqdm_factory
+
+    bar = tqdm_factory("fine-tuning (samples)", 4)
+    try:
+        assert (bar.desc, bar.unit) == ("fine-tuning", "samples")  # type: ignore[attr-defined]
+    finally:
+        bar.close()
+    plain = tqdm_factory("bench", 2)
+    plain.close()
+    assert (plain.desc, plain.unit) == ("bench", "it")  # type: ignore[attr-defined]
+
+
 def test_rebatch_neither_drops_nor_repeats_samples() -> None:
     data = np.arange(40, dtype=np.float32).reshape(40, 1)
     parts = [data[:5], data[5:12], data[12:32], data[32:]]

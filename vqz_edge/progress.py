@@ -39,8 +39,12 @@ def make_bar(factory: ProgressFactory | None, desc: str, total: int) -> Progress
 
 
 def tqdm_factory(desc: str, total: int) -> ProgressBar:
-    """The CLI's progress bar: tqdm on stderr (prints ETA), silent when stderr is not a TTY-less pipe."""
+    """The CLI's progress bar: tqdm on stderr (prints ETA). ``desc`` may name what it counts in parentheses,
+    "fine-tuning (samples)" -> a bar "fine-tuning" counting samples/s; otherwise it counts "it"."""
     from tqdm import tqdm
 
-    bar: ProgressBar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    name, unit = desc, "it"
+    if desc.endswith(")") and " (" in desc:
+        name, _, unit = desc[:-1].rpartition(" (")
+    bar: ProgressBar = tqdm(total=total, desc=name, unit=unit, leave=False, dynamic_ncols=True)
     return bar

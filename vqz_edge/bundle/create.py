@@ -229,7 +229,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             hint="run vqz-edge demo (or export + calibrate) first, or point --calibration-dir at the model's folder",
         )
     notes: list[str] = []
-    bar = make_bar(progress, "bundle", 6)
+    bar = make_bar(progress, "bundle (steps)", 6)
     try:
         comp, rows = _compatibility(target, options.jetpack, options.targets_files)
         entries: dict[str, Source] = {"model.onnx": onnx_path}

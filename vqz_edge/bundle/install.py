@@ -446,7 +446,7 @@ def check_memory(manifest: Manifest, bundle_dir: Path | None, device: DeviceInfo
 def _copy_with_progress(src: Path, dst: Path, progress: ProgressFactory | None) -> None:
     size = src.stat().st_size
     chunks = max(1, -(-size // COPY_CHUNK))
-    bar = make_bar(progress, f"install {src.name}", chunks)
+    bar = make_bar(progress, f"install {src.name} (chunks)", chunks)
     done = 0
     try:
         with open(src, "rb") as fin, open(dst, "xb") as fout:

@@ -164,7 +164,7 @@ def collect(
     names = [n for n in names if n != input_name]
     # one ORT thread: the other core histograms the previous batch meanwhile (ORT's spinning pool would steal it)
     sess = ortu.session(with_outputs(model, names), threads=1)
-    bar = make_bar(progress, "calibrating", total_batches)
+    bar = make_bar(progress, "calibrating (batches)", total_batches)
     try:
         for b, x, outputs in _pipelined(sess, input_name, names, batches):
             current = {**outputs, input_name: x}

@@ -145,7 +145,7 @@ def evaluate(
     ref_sess = None if reuse else ortu.session(ref_model)
     cand_sess = ortu.session(cand_model)
     acc = [_OutputAccumulator(n) for n in names]
-    bar = make_bar(progress, "evaluating", total_batches)
+    bar = make_bar(progress, "evaluating (batches)", total_batches)
     samples = 0
     try:
         for b, x in enumerate(batches):

@@ -149,7 +149,7 @@ def benchmark(
     try:
         for _ in range(warmup):
             runner.run(feeds)
-        bar = make_bar(progress, "bench", iterations)
+        bar = make_bar(progress, "bench (iterations)", iterations)
         for _ in range(iterations):
             t0 = time.perf_counter()
             runner.run(feeds)

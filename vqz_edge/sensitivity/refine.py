@@ -75,7 +75,7 @@ def refine_thresholds(
     tensors = [t for t in consumers if t in histograms and t in amax]
     out = dict(amax)
     changes: list[Refined] = []
-    bar = make_bar(progress, "refining thresholds", len(tensors))
+    bar = make_bar(progress, "refining thresholds (tensors)", len(tensors))
     try:
         for t in tensors:
             nodes = {n for n in consumers[t] if t in reads.get(n, set())}

@@ -286,7 +286,7 @@ def sweep(
     units = build_units(model, base_plan, options.granularity, block_depth=options.block_depth)
     candidates = {n for u in units for n in u.nodes}
     costs = layer_costs(model)
-    bar = make_bar(progress, "sensitivity", len(units) + 1)
+    bar = make_bar(progress, "sensitivity (plans)", len(units) + 1)
     results: list[UnitResult] = []
     try:
         all_int8 = evaluator.evaluate(plan_with(base_plan, candidates, candidates, "sensitivity: all INT8"))
@@ -332,7 +332,7 @@ def auto_plan(
     limit = n if opts.max_kept is None else min(n, opts.max_kept)
     steps: list[dict[str, Any]] = []
     cache: dict[frozenset[str], Metrics] = {}
-    bar = make_bar(progress, "plan search", len(_growth(limit)) + max(1, limit).bit_length())
+    bar = make_bar(progress, "plan search (plans)", len(_growth(limit)) + max(1, limit).bit_length())
 
     def evaluate(kept: Sequence[UnitResult], phase: str) -> Metrics:
         key = frozenset(r.unit.name for r in kept)
@@ -376,7 +376,7 @@ def auto_plan(
                     changed = True
                     while changed and len(chosen) > 1:  # until no single unit can go: 1-minimal
                         changed = False
-                        current = make_bar(progress, "plan pruning", len(chosen))
+                        current = make_bar(progress, "plan pruning (plans)", len(chosen))
                         try:
                             for r in reversed(list(chosen)):
                                 trial = [x for x in chosen if x is not r]

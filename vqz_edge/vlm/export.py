@@ -299,7 +299,7 @@ def export_vision(
         raise InputError(f"output {out_dir} exists and is not a directory")
     if not out_dir.parent.is_dir():
         raise InputError(f"parent directory of {out_dir} does not exist", hint=f"mkdir -p {out_dir.parent}")
-    bar = make_bar(progress, "vlm export", 4)
+    bar = make_bar(progress, "vlm export (steps)", 4)
     if model is None:  # the checkpoint's own dtype (a 7B FP16 model needs 14 GB, not 28); vision side -> FP32 below
         model = load_model(Path(model_dir))
     _vision_side_to_fp32(model)
