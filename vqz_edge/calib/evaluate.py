@@ -76,8 +76,9 @@ def compare_rows(ref: np.ndarray, got: np.ndarray, what: str) -> tuple[np.ndarra
 
 
 def sqnr_db(signal: float, noise: float) -> float | None:
-    """Signal-to-quantization-noise ratio in dB; None for identical outputs (infinite)."""
-    return None if noise == 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
+    """Signal-to-quantization-noise ratio in dB; None for identical outputs (infinite, or beyond float range)."""
+    ratio = max(signal, 1e-300) / noise if noise > 0 else math.inf
+    return 10.0 * math.log10(ratio) if math.isfinite(ratio) else None
 
 
 def row_cosine(r: np.ndarray, g: np.ndarray) -> np.ndarray:

@@ -77,6 +77,9 @@ class FinetuneResult:
     history: list[dict[str, float]] = field(default_factory=list)  # distillation loss along the way
     # weight channels whose largest level fell below 127: TensorRT's implicit path would derive another scale
     implicit_scale_changes: int = 0
+    # mean loss of the last eighth of training: each step on samples not trained on yet, so an estimate of the
+    # trained model's loss on the calibration data's distribution
+    final_loss: float = 0.0
 
 
 def _torch() -> Any:
@@ -298,7 +301,9 @@ def _run(torch: Any, node: onnx.NodeProto, ins: list[Any], opset: int = 13) -> A
 
 
 def _loss(torch: Any, out: Any, ref: Any) -> Any:
-    # normalised MSE: every output row weighs the same whatever its scale
+    # normalised MSE per sample (its output flattened): every sample weighs the same whatever its scale; the
+    # evaluator's Metrics.nmse is the same quantity
+    out, ref = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
     return ((out - ref) ** 2).sum(dim=-1).div(ref.pow(2).sum(dim=-1).clamp_min(1e-12)).mean()
 
 
@@ -368,6 +373,7 @@ def finetune(
         # cosine decay: large steps while the loss is high, small ones to settle on the grid
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total_steps)))
         history: list[dict[str, float]] = []
+        step_losses: list[tuple[float, int]] = []
         seen = 0
         window = 0.0
         window_n = 0
@@ -387,6 +393,7 @@ def finetune(
                 sched.step()
                 seen += len(xb)
                 window += float(loss.detach()) * len(xb)
+                step_losses.append((float(loss.detach()), len(xb)))
                 window_n += len(xb)
                 bar.update(len(xb))
                 if step % report_every == 0 or seen >= options.samples:
@@ -399,7 +406,10 @@ def finetune(
         if seen < options.samples:
             raise CalibrationError(f"fine-tuning wanted {options.samples} samples but the data gave {seen}",
                                    hint="use image data (random crops are unlimited) or lower --finetune-samples")
-        return _export(model, net, amax, history)
+        tail = step_losses[-max(1, len(step_losses) // 8):]
+        result = _export(model, net, amax, history)
+        result.final_loss = sum(v * n for v, n in tail) / sum(n for _, n in tail)
+        return result
     finally:
         torch.set_num_threads(threads)
 

@@ -67,8 +67,9 @@ def format_auto_plan(result: SensitivityResult) -> str:
         if gap:
             lines.append(f"    distillation loss: calibration data {gap['calibration_loss']:.5f}, held-out sweep samples "
                          f"{gap['held_out_loss']:.5f} ({gap['ratio']:.1f}x)"
-                         + (": the held-out data looks unlike the calibration data -- calibrate and fine-tune on data "
-                            "from the deployment domain (more samples will not close this)" if gap["large"] else ""))
+                         + (": the held-out data (--data) looks unlike the calibration data -- if --data is the "
+                            "deployment domain, calibrate and fine-tune on data like it (more samples are unlikely "
+                            "to close this)" if gap["large"] else ""))
     v = a.verification
     if v:
         key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[m]

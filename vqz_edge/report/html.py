@@ -110,8 +110,9 @@ def render(result: SensitivityResult, images: Mapping[str, bytes]) -> str:
                 f"<p>Fine-tuning's distillation loss: {gap['calibration_loss']:.5f} on the calibration data, "
                 f"{gap['held_out_loss']:.5f} on the held-out sweep samples (<span class='{'bad' if gap['large'] else 'ok'}'>"
                 f"{gap['ratio']:.1f}x</span>)"
-                + (": the held-out data looks unlike the calibration data; calibration data from the deployment "
-                   "domain closes that gap, more fine-tuning samples do not." if gap["large"] else ".") + "</p>")
+                + (": the held-out data looks unlike the calibration data; if it is the deployment domain, "
+                   "calibration data like it narrows that gap, more fine-tuning samples are unlikely to." if gap["large"]
+                   else ".") + "</p>")
         if v and v["plan"].get("per_source"):
             per_b, per_p = v["baseline_all_int8"]["per_source"], v["plan"]["per_source"]
             prow = []

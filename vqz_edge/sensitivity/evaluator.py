@@ -38,7 +38,7 @@ class Metrics:
     # and their share: top-1 flips concentrate on near-ties, which this separates (no sample is dropped above)
     agreement_confident: float | None = None
     confident_share: float | None = None
-    # mean per-sample ||ref - got||^2 / ||ref||^2: the fine-tuning's distillation loss on these samples
+    # mean per-sample ||ref - got||^2 / ||ref||^2 (each sample's output flattened): fine-tuning's distillation loss
     nmse: float | None = None
 
     def value(self, metric: str) -> float:
@@ -68,7 +68,8 @@ class Metrics:
 
 
 class _Accumulator:
-    def __init__(self) -> None:
+    def __init__(self, output: str = "output") -> None:
+        self.output = output
         self.cos: list[np.ndarray] = []
         self.nmse: list[np.ndarray] = []
         self.top1: list[np.ndarray] = []
@@ -78,7 +79,7 @@ class _Accumulator:
         self.classifier = True
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r, g, signal, noise = compare_rows(ref, got, "output")
+        r, g, signal, noise = compare_rows(ref, got, f"output {self.output!r}")
         self.signal += signal
         self.noise += noise
         self.cos.append(row_cosine(r, g))
@@ -184,7 +185,7 @@ class Evaluator:
         reference of this model."""
         ref = self.reference()
         sess = ortu.session(self.qdq_model(plan, variant))
-        acc = _Accumulator()
+        acc = _Accumulator(self.output)
         for x, r in zip(self.batches, ref):
             acc.update(r, ortu.run(sess, x, [self.output])[0])
         self.evaluations += 1
@@ -217,7 +218,7 @@ def evaluate_stream(
     _, out_name = _primary_index(model, output)
     ref_sess = ortu.session(model)
     sessions = [ortu.session(p[1].qdq(p[0]) if isinstance(p, tuple) else insert_qdq(model, amax, p)[0]) for p in plans]
-    accs = [_Accumulator() for _ in plans]
+    accs = [_Accumulator(out_name) for _ in plans]
     for b in batches:
         x = _feeds(model, b)
         ref = ortu.run(ref_sess, x, [out_name])[0]

@@ -181,7 +181,7 @@ def _make_progress_monitor(progress: ProgressFactory | None) -> trt.IProgressMon
             with lock:
                 if parent_phase is None:
                     _log.info("TensorRT phase: %s (%d steps)", phase_name, num_steps)
-                    bars[phase_name] = make_bar(progress, phase_name, num_steps)
+                    bars[phase_name] = make_bar(progress, f"{phase_name} (steps)", num_steps)
                 else:
                     _log.debug("TensorRT phase: %s / %s (%d steps)", parent_phase, phase_name, num_steps)
 
