@@ -176,9 +176,7 @@ class Evaluator:
         return self._reference
 
     def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
-        if variant is not None:
-            return variant.qdq(plan)
-        return insert_qdq(self.model, self.amax, plan)[0]
+        return _qdq(self.model, self.amax, plan, variant)
 
     def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
         """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
@@ -202,7 +200,15 @@ class Variant:
     weight_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def qdq(self, plan: ResolvedPlan) -> onnx.ModelProto:
-        return insert_qdq(self.model, self.amax, plan)[0]
+        # the trained per-channel scales, as calibrate writes them: absmax/127 of on-grid weights only equals
+        # them up to rounding
+        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
+
+
+def _qdq(model: onnx.ModelProto, amax: Mapping[str, float], plan: ResolvedPlan,
+         variant: Variant | None = None) -> onnx.ModelProto:
+    """``plan`` as a Q/DQ model of ``model`` with ``amax``, or of ``variant`` when given."""
+    return variant.qdq(plan) if variant is not None else insert_qdq(model, amax, plan)[0]
 
 
 def evaluate_stream(
@@ -217,7 +223,7 @@ def evaluate_stream(
     """Several plans in one pass over streamed data (nothing but one batch kept): for verification runs."""
     _, out_name = _primary_index(model, output)
     ref_sess = ortu.session(model)
-    sessions = [ortu.session(p[1].qdq(p[0]) if isinstance(p, tuple) else insert_qdq(model, amax, p)[0]) for p in plans]
+    sessions = [ortu.session(_qdq(model, amax, *p) if isinstance(p, tuple) else _qdq(model, amax, p)) for p in plans]
     accs = [_Accumulator(out_name) for _ in plans]
     for b in batches:
         x = _feeds(model, b)
