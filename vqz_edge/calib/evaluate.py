@@ -33,8 +33,8 @@ class _OutputAccumulator:
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
         r, g, signal, noise = compare_rows(ref, got, f"output {self.name!r}")
-        self.signal += signal
-        self.noise += noise
+        self.signal += float(signal.sum())
+        self.noise += float(noise.sum())
         self.cosine_sum += float(np.sum(row_cosine(r, g)))
         self.samples += r.shape[0]
         if ref.ndim == 2 and ref.shape[1] > 1:
@@ -65,14 +65,14 @@ class _OutputAccumulator:
         return out
 
 
-def compare_rows(ref: np.ndarray, got: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Reference and candidate batches as float64 (N, D) rows, with their signal and noise energy.
+def compare_rows(ref: np.ndarray, got: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reference and candidate batches as float64 (N, D) rows, with each row's signal and noise energy.
     ``what`` names the output in the shape-mismatch error."""
     if ref.shape != got.shape:
         raise InputError(f"{what}: reference shape {ref.shape} != candidate shape {got.shape}")
     r = ref.astype(np.float64).reshape(ref.shape[0], -1)
     g = got.astype(np.float64).reshape(got.shape[0], -1)
-    return r, g, float(np.sum(r * r)), float(np.sum((r - g) ** 2))
+    return r, g, np.sum(r * r, axis=1), np.sum((r - g) ** 2, axis=1)
 
 
 def sqnr_db(signal: float, noise: float) -> float | None:

@@ -80,10 +80,10 @@ class _Accumulator:
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
         r, g, signal, noise = compare_rows(ref, got, f"output {self.output!r}")
-        self.signal += signal
-        self.noise += noise
+        self.signal += float(signal.sum())
+        self.noise += float(noise.sum())
         self.cos.append(row_cosine(r, g))
-        self.nmse.append(np.sum((r - g) ** 2, axis=1) / np.maximum(np.sum(r * r, axis=1), 1e-12))
+        self.nmse.append(noise / np.maximum(signal, 1e-12))
         if ref.ndim == 2 and ref.shape[1] > 1:
             self.top1.append(np.argmax(r, axis=1) == np.argmax(g, axis=1))
             z = np.exp(r - r.max(axis=1, keepdims=True))

@@ -182,7 +182,7 @@ def analyze(
         from .refine import refine_thresholds
         from .units import build_units
 
-        spec = refine_data or _calibration_data(cal)
+        spec = refine_data or _calibration_data(cal, "threshold refinement", "--refine-data")
         cal_src = open_data(spec, infos[0], count=refine_images, split="calibration")
         cal_eval = Evaluator(model, amax, list(cal_src.batches(batch_size)), output=output)
         amax, changes = refine_thresholds(model, amax, cal.histograms, base, build_units(model, base), cal_eval,
@@ -259,7 +259,7 @@ def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, ev
               progress: ProgressFactory | None) -> Variant:
     from ..calib.finetune import finetune_on_data
 
-    ft, src = finetune_on_data(model, amax, plan.plan, data or _calibration_data(cal, "--finetune-data"), info,
+    ft, src = finetune_on_data(model, amax, plan.plan, data or _calibration_data(cal, "fine-tuning", "--finetune-data"), info,
                                options, output=evaluator.output, progress=progress)
     variant = Variant(ft.model, ft.amax, ft.weight_scales)
     plan.finetuned = evaluator.evaluate(plan.plan, variant)
@@ -305,12 +305,12 @@ def cache_version(cal: Calibration) -> int:
     return 100300
 
 
-def _calibration_data(cal: Calibration, option: str = "--refine-data") -> str:
+def _calibration_data(cal: Calibration, purpose: str, option: str) -> str:
     kind = cal.summary.get("data", {}).get("kind")
     if kind == "demo":
         return "demo"
     raise InputError(f"the calibration in {cal.outdir} used {kind or 'unknown'} data; give the calibration data "
-                     f"for {'fine-tuning' if 'finetune' in option else 'threshold refinement'}",
+                     f"for {purpose}",
                      hint=f"pass {option} DIR|FILE.npy")
 
 
