@@ -307,6 +307,11 @@ def _loss(torch: Any, out: Any, ref: Any) -> Any:
     return ((out - ref) ** 2).sum(dim=-1).div(ref.pow(2).sum(dim=-1).clamp_min(1e-12)).mean()
 
 
+def _mean_loss(steps: list[tuple[float, int]]) -> float:
+    """Sample-weighted mean of (loss, samples) steps."""
+    return sum(v * n for v, n in steps) / sum(n for _, n in steps)
+
+
 def _rebatch(batches: Iterable[np.ndarray], size: int, count: int) -> Iterator[np.ndarray]:
     """Exactly ``count`` samples from ``batches`` in batches of ``size``."""
     buf: list[np.ndarray] = []
@@ -373,10 +378,9 @@ def finetune(
         # cosine decay: large steps while the loss is high, small ones to settle on the grid
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total_steps)))
         history: list[dict[str, float]] = []
-        step_losses: list[tuple[float, int]] = []
+        step_losses: list[tuple[float, int]] = []  # (loss, samples) per step
         seen = 0
-        window = 0.0
-        window_n = 0
+        reported = 0  # steps already summarised in history
         report_every = max(1, total_steps // 8)
         bar = make_bar(progress, "fine-tuning (samples)", options.samples)
         try:
@@ -392,23 +396,21 @@ def finetune(
                 opt.step()
                 sched.step()
                 seen += len(xb)
-                window += float(loss.detach()) * len(xb)
                 step_losses.append((float(loss.detach()), len(xb)))
-                window_n += len(xb)
                 bar.update(len(xb))
                 if step % report_every == 0 or seen >= options.samples:
-                    history.append({"samples": seen, "loss": window / window_n})
+                    window = _mean_loss(step_losses[reported:])
+                    reported = len(step_losses)
+                    history.append({"samples": seen, "loss": window})
                     _log.info("fine-tuning: %d/%d samples, distillation loss %.5f", seen, options.samples,
-                              window / window_n)
-                    window, window_n = 0.0, 0
+                              window)
         finally:
             bar.close()
         if seen < options.samples:
             raise CalibrationError(f"fine-tuning wanted {options.samples} samples but the data gave {seen}",
                                    hint="use image data (random crops are unlimited) or lower --finetune-samples")
-        tail = step_losses[-max(1, len(step_losses) // 8):]
         result = _export(model, net, amax, history)
-        result.final_loss = sum(v * n for v, n in tail) / sum(n for _, n in tail)
+        result.final_loss = _mean_loss(step_losses[-max(1, len(step_losses) // 8):])
         return result
     finally:
         torch.set_num_threads(threads)
