@@ -79,6 +79,59 @@ def strip_comments(src: str) -> str:
     return "".join(out)
 
 
+# Macros as NVIDIA's release build of the full `tensorrt` module sees them (python/include/ForwardDeclarations.h:
+# EXPORT_ALL_BINDINGS is 1 when building the `tensorrt` target; ENABLE_INETWORK_SERIALIZE is an opt-in CMake
+# option; pybind11 is >= 2.6; Linux). A condition on any other macro is an error, not a guess.
+MACROS = {"EXPORT_ALL_BINDINGS": 1, "ENABLE_INETWORK_SERIALIZE": 0, "PYBIND11_VERSION_MAJOR": 2,
+          "PYBIND11_VERSION_MINOR": 10, "_WIN32": None, "WIN32": None, "WIN32_LEAN_AND_MEAN": None}
+
+
+def _eval_condition(expr: str, macros: dict[str, int | None]) -> bool:
+    expr = re.sub(r"defined\s*\(\s*(\w+)\s*\)", lambda m: "1" if macros.get(m.group(1)) is not None else "0", expr)
+    expr = re.sub(r"defined\s+(\w+)", lambda m: "1" if macros.get(m.group(1)) is not None else "0", expr)
+    names = set(re.findall(r"[A-Za-z_]\w*", expr))
+    unknown = names - set(macros)
+    if unknown:
+        raise ValueError(f"preprocessor condition {expr!r} uses unknown macros {sorted(unknown)}")
+    py = expr.replace("&&", " and ").replace("||", " or ").replace("!", " not ").replace(" not =", "!=")
+    return bool(eval(py, {}, {k: (v or 0) for k, v in macros.items()}))  # noqa: S307 -- our own macro table
+
+
+def preprocess(src: str, macros: dict[str, int | None] = MACROS) -> str:
+    """Keep the lines the preprocessor keeps (#if/#ifdef/#ifndef/#elif/#else/#endif); drop directive lines."""
+    out: list[str] = []
+    stack: list[tuple[bool, bool]] = []  # (this branch active, some branch of this #if was taken)
+    active = True
+    for line in src.splitlines():
+        d = re.match(r"\s*#\s*(if|ifdef|ifndef|elif|else|endif)\b(.*)", line)
+        if d is None:
+            if re.match(r"\s*#", line):
+                out.append("")  # #include, #define, #pragma
+            else:
+                out.append(line if active else "")
+            continue
+        kind, rest = d.group(1), d.group(2).split("//")[0].strip()
+        if kind in ("if", "ifdef", "ifndef"):
+            cond = (_eval_condition(rest, macros) if kind == "if" else
+                    (macros.get(rest) is not None) == (kind == "ifdef"))
+            stack.append((active, cond))
+            active = active and cond
+        elif kind == "elif":
+            parent, taken = stack[-1]
+            cond = not taken and _eval_condition(rest, macros)
+            stack[-1] = (parent, taken or cond)
+            active = parent and cond
+        elif kind == "else":
+            parent, taken = stack[-1]
+            active = parent and not taken
+            stack[-1] = (parent, True)
+        else:
+            parent, _ = stack.pop()
+            active = parent
+        out.append("")
+    return "\n".join(out)
+
+
 _CLOSE = {"(": ")", "[": "]", "{": "}", "<": ">"}
 
 
@@ -248,7 +301,7 @@ class Extractor:
         raise ValueError(f"unknown binding scope {arg!r}")
 
     def parse_file(self, path: str, src: str) -> None:
-        src = strip_comments(src)
+        src = preprocess(strip_comments(src))
         self.surface.sources.append(path)
         pos = 0
         spans: list[tuple[int, int]] = []
