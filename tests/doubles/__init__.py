@@ -53,20 +53,10 @@ class DoubleHandles:
 def _pycuda_modules(gpu: str) -> dict[str, types.ModuleType]:
     driver = cuda_double.make_driver_module(gpu)
     pkg = types.ModuleType("pycuda")
-    pkg.__path__ = []  # type: ignore[attr-defined]
+    pkg.__path__ = [str(SITE / "pycuda")]  # type: ignore[attr-defined]  # autoprimaryctx/autoinit import from here
     pkg.driver = driver  # type: ignore[attr-defined]
     pkg.VERSION = (2025, 1, 2)  # type: ignore[attr-defined]
-    auto = types.ModuleType("pycuda.autoprimaryctx")
-    auto.__doc__ = "pycuda.autoprimaryctx double: cuda.init(), retain device 0's primary context, push it"
-
-    def _init_auto() -> None:
-        driver.init()
-        auto.device = driver.Device(0)  # type: ignore[attr-defined]
-        auto.context = auto.device.retain_primary_context()  # type: ignore[attr-defined]
-        auto.context.push()  # type: ignore[attr-defined]
-
-    auto._vqz_init = _init_auto  # type: ignore[attr-defined]
-    return {"pycuda": pkg, "pycuda.driver": driver, "pycuda.autoprimaryctx": auto}
+    return {"pycuda": pkg, "pycuda.driver": driver}
 
 
 def install_doubles(monkeypatch: Any, trt: str | None = "10.3", *, gpu: str = "orin-nx-16gb",
@@ -74,17 +64,24 @@ def install_doubles(monkeypatch: Any, trt: str | None = "10.3", *, gpu: str = "o
     """Patch sys.modules with fresh doubles (``trt=None``: pycuda only; no tensorrt importable)."""
     cuda_double.LEAKS.clear()
     cuda_double._DEVICES.clear()
+    cuda_double._tls.__dict__.clear()  # a new process: this thread has no CUDA context yet
     mods = _pycuda_modules(gpu)
     trt_mod = trt_double.make_module(trt, version=version, gpu=gpu) if trt else None
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setitem(sys.modules, "pycuda.autoinit", mods["pycuda.autoprimaryctx"])
+    for name in ("pycuda.autoprimaryctx", "pycuda.autoinit"):  # imported afresh (tests/doubles/site/pycuda/)
+        monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setitem(sys.modules, "tensorrt", trt_mod)  # None: "import tensorrt" raises ImportError
-    # Polygraphy keeps the TensorRT logger it created (a subclass of the previous module's ILogger)
+    # Polygraphy keeps the TensorRT logger it created (a subclass of the previous module's ILogger), and each of
+    # its modules caches what its lazy "tensorrt" import returned: forget both (a new process would not have them)
     import polygraphy.backend.trt.util as pg_util
 
     monkeypatch.setattr(pg_util, "TRT_LOGGER", None)
-    mods["pycuda.autoprimaryctx"]._vqz_init()  # type: ignore[attr-defined]
+    for mod_name, module in list(sys.modules.items()):
+        if mod_name.startswith("polygraphy") and module is not None:
+            for value in list(vars(module).values()):
+                if type(value).__name__ == "LazyModule":
+                    object.__setattr__(value, "module", None)
     return DoubleHandles(trt_mod, mods["pycuda.driver"])
 
 
@@ -114,13 +111,21 @@ def install_from_env(name: str) -> None:
         return
     if "pycuda.driver" not in sys.modules or not hasattr(sys.modules["pycuda.driver"], "Device"):
         mods = _pycuda_modules(gpu)
-        for mod_name, mod in mods.items():
-            if mod_name != "pycuda":
-                sys.modules[mod_name] = mod
+        sys.modules["pycuda.driver"] = mods["pycuda.driver"]
         sys.modules["pycuda"].driver = mods["pycuda.driver"]  # type: ignore[attr-defined]
-    if name == "pycuda.autoprimaryctx":
-        auto = sys.modules["pycuda.autoprimaryctx"]
-        auto._vqz_init()  # type: ignore[attr-defined]
+    if name in ("pycuda.autoprimaryctx", "pycuda.autoinit"):  # as pycuda's: init, retain + push device 0's context
         import atexit
+        import contextlib
 
-        atexit.register(lambda: auto.context.pop())  # type: ignore[attr-defined]
+        driver = sys.modules["pycuda.driver"]
+        auto = sys.modules[name]
+        driver.init()
+        auto.device = driver.Device(0)  # type: ignore[attr-defined]
+        auto.context = auto.device.retain_primary_context()  # type: ignore[attr-defined]
+        auto.context.push()  # type: ignore[attr-defined]
+
+        def _finish_up() -> None:
+            with contextlib.suppress(driver.Error):
+                driver.Context.pop()
+
+        atexit.register(_finish_up)

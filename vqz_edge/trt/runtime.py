@@ -17,7 +17,8 @@
   serialises them). pycuda contexts are per thread, so every call pushes the device's primary context for its
   duration and pops it after; every CUDA object the runner owns is created and freed with that context current.
 * Teardown, in dependency order, with the context current: synchronise the stream, free the I/O buffers, drop
-  the execution context, the engine and the runtime, destroy the stream, then pop and release the context.
+  the execution context, the engine and the runtime, destroy the stream, then release the context (while it is
+  current, so that pycuda really releases it from whichever thread closes the runner).
 
 tensorrt and pycuda are imported lazily. pycuda has no type stubs: its objects are ``Any``.
 """
@@ -269,7 +270,9 @@ class TrtRunner(EngineRunner):
         return b.host
 
     def _teardown(self) -> None:
-        """Free everything in dependency order with the context current, then release the context."""
+        """Free everything in dependency order with the context current, then release the context while it is
+        current in this thread (pycuda releases a context detached from a thread where it is not current only if
+        that thread created it; from any other thread it would silently leak it)."""
         with self._lock:
             if self._ctx is None:
                 return
@@ -291,9 +294,8 @@ class TrtRunner(EngineRunner):
                 self._runtime = None
                 self._stream = None  # pycuda destroys a stream when its last reference goes, with this context current
             finally:
-                self._cuda.Context.pop()
-            self._ctx.detach()
-            self._ctx = None
+                self._ctx.detach()  # current here: released here; pycuda drops it from this thread's stack
+                self._ctx = None
 
     def _release(self) -> None:
         self._teardown()
