@@ -95,7 +95,7 @@ def test_every_double_has_exactly_its_releases_names(double: DoubleHandles) -> N
         trt.Runtime(logger).num_DLA_cores = 3  # read-only property
     assert trt.Runtime(logger).DLA_core == -1  # TensorRT's default: no core chosen (a DLA engine runs on 0)
     with pytest.raises(NotImplementedError, match="exists in TensorRT"):
-        builder.create_network(0).add_einsum  # in the release, not in the double: never a silent pass
+        _ = builder.create_network(0).add_einsum  # in the release, not in the double: never a silent pass
 
     class NoBaseInit(trt.ILogger):
         def __init__(self) -> None:  # forgets trt.ILogger.__init__(self), as pybind11 rejects
@@ -470,7 +470,14 @@ def test_parser_errors_name_the_node_on_each_version(double: DoubleHandles, tmp_
 def test_install_with_tensorrt_backend_then_jetpack_upgrade_86_to_103(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """JetPack 6.0 (TensorRT 8.6) installs, builds and smoke-tests the engine; after the upgrade to 6.1
     (TensorRT 10.3) `install --root` rebuilds from the kept bundle and the new engine serves."""
-    from vqz_edge.bundle import BundleOptions, InstallOptions, create_bundle, generate_keypair, install_bundle, refresh
+    from vqz_edge.bundle import (
+        BundleOptions,
+        InstallOptions,
+        create_bundle,
+        generate_keypair,
+        install_bundle,
+        refresh,
+    )
     from vqz_edge.bundle.install import status
 
     keys = generate_keypair(tmp_path / "fleet")
