@@ -5,7 +5,7 @@
 #   tools/run_trt_tests.sh --container IMAGE       # inside a Jetson / TensorRT container (docker + nvidia runtime)
 #   tools/run_trt_tests.sh -k explicit             # extra arguments go to pytest
 #
-# Needs, in the Python that runs it: tensorrt (JetPack's python3-libnvinfer, or NVIDIA's wheels), numpy,
+# Needs, in the Python that runs it: tensorrt (JetPack's python3-libnvinfer, or NVIDIA's wheels), pycuda, numpy,
 # onnx, onnx-graphsurgeon, onnxruntime, polygraphy, pytest, scikit-image, and this package (pip install -e .).
 # The demo model is exported with torch; where torch is missing (a bare Jetson), copy calibration/mobilenet_v2
 # from a workstation run of the demo and point VQZ_EDGE_TRT_TEST_CALIBRATION at it.
@@ -28,17 +28,17 @@ fi
 PY=${PYTHON:-python3}
 "$PY" - <<'PY'
 import sys
+from vqz_edge.device import read_gpu, read_l4t
+from vqz_edge.errors import VqzError
 from vqz_edge.trt.compat import import_tensorrt
-from vqz_edge.trt.builder import gpu_info
-from vqz_edge.device_info import read_l4t
 try:
     trt = import_tensorrt()
-except Exception as exc:  # report and stop: there is nothing to test here
+    gpu = read_gpu()
+except VqzError as exc:  # report and stop: there is nothing to test here
     sys.exit(f"run_trt_tests: {exc}")
-gpu = gpu_info()
-if gpu["compute_capability"] is None:
+if gpu is None:
     sys.exit("run_trt_tests: TensorRT is installed but no CUDA GPU was found")
-print(f"run_trt_tests: TensorRT {trt.__version__}, GPU {gpu['name']} (sm {gpu['compute_capability']}, "
-      f"integrated={gpu['integrated']}), L4T {read_l4t() or '-'}")
+print(f"run_trt_tests: TensorRT {trt.__version__}, GPU {gpu.name} (sm {gpu.compute_capability}, "
+      f"integrated={gpu.integrated}), L4T {read_l4t() or '-'}")
 PY
 exec "$PY" -m pytest -m trt tests/trt -v -rs -p no:cacheprovider "$@"

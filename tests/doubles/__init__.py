@@ -17,6 +17,7 @@ In a subprocess (the real CLI, as a user runs it)::
 
 from __future__ import annotations
 
+import gc
 import importlib.machinery
 import os
 import sys
@@ -64,6 +65,9 @@ def _pycuda_modules(gpu: str) -> dict[str, types.ModuleType]:
 def install_doubles(monkeypatch: Any, trt: str | None = "10.3", *, gpu: str = "orin-nx-16gb",
                     version: str | None = None) -> DoubleHandles:
     """Patch sys.modules with fresh doubles (``trt=None``: pycuda only; no tensorrt importable)."""
+    # Objects an earlier test left to the garbage collector are freed now, against that test's devices,
+    # not in the middle of this test (where their dead context would be reported as this test's fault).
+    gc.collect()
     cuda_double.LEAKS.clear()
     cuda_double._DEVICES.clear()
     cuda_double._tls.__dict__.clear()  # a new process: this thread has no CUDA context yet
