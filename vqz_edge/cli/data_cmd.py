@@ -9,6 +9,7 @@ import numpy as np
 
 from ..data import Preprocessing, demo_sources, folder_sources, make_crops, split_by_source
 from ..fsutil import atomic_path, atomic_write_json
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,12 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--images", default="demo", help="folder of images, or 'demo' (default)")
     p.add_argument("--split", choices=["calibration", "evaluation"], required=True)
-    p.add_argument("--count", type=int, required=True, help="number of crops")
+    p.add_argument("--count", type=options.positive_int, required=True, help="number of crops")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .npy (a .json sidecar names the sources)")
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--size", type=int, default=224, help="crop size (default 224)")
-    g.add_argument("--resize", type=int, default=None, help="short side before the crop (default size*256/224)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=options.positive_int, default=224, help="crop size (default 224)")
+    g.add_argument("--resize", type=options.positive_int, default=None, help="short side before the crop (default size*256/224)")
+    g.add_argument("--seed", type=options.nonnegative_int, default=0)
     add_common(p)
     p.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+from . import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from . import add_common
@@ -25,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--data", required=True,
                    help="folder of images, FILE.npy, or 'demo' (the evaluation split); retrieval with a text "
                    "encoder: 'sentences' (built-in paraphrase pairs) or a file of tab-separated pairs")
-    d.add_argument("--num-images", type=int, default=1000, help="samples (default 1000)")
-    d.add_argument("--batch-size", type=int, default=50)
+    d.add_argument("--num-images", type=options.positive_int, default=1000, help="samples (default 1000)")
+    d.add_argument("--batch-size", type=options.positive_int, default=50)
     r = p.add_argument_group("retrieval")
-    r.add_argument("--crops-per-source", type=int, default=10,
+    r.add_argument("--crops-per-source", type=options.int_at_least(2), default=10,
                    help="image retrieval: crops per held-out photo, labelled by photo (default 10)")
     r.add_argument("--tokenizer", type=Path,
                    help="text retrieval: a transformers tokenizer directory (default: the packaged MiniLM's)")

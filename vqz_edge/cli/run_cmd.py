@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import options
+
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     from .targets_cmd import add_targets_file
@@ -18,7 +20,7 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    "for .onnx on ONNX Runtime: this host's free memory)")
     add_targets_file(g)
     g.add_argument("--no-memory-check", action="store_true", help="skip the budget check before loading")
-    g.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    g.add_argument("--threads", type=options.nonnegative_int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("model", metavar="ENGINE_OR_ONNX", type=Path, help="engine directory, .engine file, or .onnx")
     p.add_argument("--input", "-i", nargs="+", required=True, type=Path, metavar="IMAGE",
                    help="image files (or .npy arrays already preprocessed to the model's input shape)")
-    p.add_argument("--top-k", type=int, default=5, help="labels to print per image for classifiers (default 5)")
+    p.add_argument("--top-k", type=options.positive_int, default=5, help="labels to print per image for classifiers (default 5)")
     add_runtime_options(p)
     add_common(p)
     p.set_defaults(func=run)
