@@ -122,20 +122,25 @@ def describe_path(path: os.PathLike[str] | str) -> str:
     return "nothing (it does not exist)"
 
 
-def require_file(path: os.PathLike[str] | str, what: str, *, hint: str | None = None) -> None:
-    """Raise InputError unless ``path`` is a regular file (or a link to one); the message says what is there."""
+def _kind_error(path: os.PathLike[str] | str, what: str, wanted: str) -> str:
+    kind = describe_path(path)
+    verb = "does not exist" if kind.startswith("nothing") else f"is {kind}, not a {wanted}"
+    return f"{what} {os.fspath(path)} {verb}"
+
+
+def require_file(path: os.PathLike[str] | str, what: str, *, hint: str | None = None,
+                 error: type[InputError] = InputError) -> None:
+    """Raise ``error`` unless ``path`` is a regular file (or a link to one); the message says what is there
+    instead ("does not exist", "is a directory, not a file")."""
     if not os.path.isfile(os.fspath(path)):
-        kind = describe_path(path)
-        verb = "does not exist" if kind.startswith("nothing") else f"is {kind}, not a file"
-        raise InputError(f"{what} {os.fspath(path)} {verb}", hint=hint)
+        raise error(_kind_error(path, what, "file"), hint=hint)
 
 
-def require_dir(path: os.PathLike[str] | str, what: str, *, hint: str | None = None) -> None:
-    """Raise InputError unless ``path`` is a directory; the message says what is there instead."""
+def require_dir(path: os.PathLike[str] | str, what: str, *, hint: str | None = None,
+                error: type[InputError] = InputError) -> None:
+    """Raise ``error`` unless ``path`` is a directory; the message says what is there instead."""
     if not os.path.isdir(os.fspath(path)):
-        kind = describe_path(path)
-        verb = "does not exist" if kind.startswith("nothing") else f"is {kind}, not a directory"
-        raise InputError(f"{what} {os.fspath(path)} {verb}", hint=hint)
+        raise error(_kind_error(path, what, "directory"), hint=hint)
 
 
 def storage_error(exc: OSError, path: os.PathLike[str] | str | None = None, action: str = "writing") -> VqzError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, require_file
 from ..log import get_logger
 from ..memory.budget import (
     DEFAULT_MARGIN_FRACTION,
@@ -40,8 +40,7 @@ def artifact_kind(path: Path) -> str:
             raise InputError(f"{path} does not exist")
         return "engine"
     if path.suffix == ".onnx":
-        if not path.is_file():
-            raise InputError(f"ONNX file {path} does not exist")
+        require_file(path, "ONNX file")
         return "onnx"
     if not path.exists():
         raise InputError(f"{path} does not exist", hint="give an engine directory, a .engine file or an .onnx file")
