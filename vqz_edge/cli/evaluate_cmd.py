@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 def format_fidelity(outputs: list[dict]) -> str:  # type: ignore[type-arg]
     lines = []
     for o in outputs:
-        parts = [f"cosine {o['mean_cosine']:.4f}", f"SQNR {o['sqnr_db']:.1f} dB"]
+        sqnr = "identical outputs" if o["sqnr_db"] is None else f"{o['sqnr_db']:.1f} dB"
+        parts = [f"cosine {o['mean_cosine']:.4f}", f"SQNR {sqnr}"]
         if "top1_agreement" in o:
             parts = [f"top-1 agreement {o['top1_agreement'] * 100:.1f}%",
                      f"top-5 contains ref top-1 {o['top5_contains_reference_top1'] * 100:.1f}%",
