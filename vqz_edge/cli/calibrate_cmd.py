@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, data, outdir, opts, rules=spec.precision.rules if spec else (), model_name=name,
         preset=args.preset or (spec.precision.preset if spec else "cnn"),
         default_precision=spec.precision.default if spec else "int8", finetune=finetune,
+        spec_inputs=spec.inputs if spec else (),
         progress=None if args.quiet or args.json else tqdm_factory,
     )
     if args.json:
@@ -107,4 +108,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {key:10s} {path}")
     for rule in result.resolution.unmatched_rules:
         print(f"  WARNING: precision rule matched no layer: {rule}")
+    for warning in result.warnings:
+        print(f"  WARNING: {warning}")
     return 0

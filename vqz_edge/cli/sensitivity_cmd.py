@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..fsutil import check_output_dir
 from . import options
 
 
@@ -86,7 +87,16 @@ def run(args: argparse.Namespace) -> int:
         finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+    if target is not None and args.metric in ("cosine", "agreement") and not 0.0 < args.target <= 1.0:
+        raise InputError(f"--target {args.target} is impossible for --metric {args.metric} (a value in (0, 1])",
+                         hint="e.g. --target 0.995 for cosine, --target 0.9 for agreement, --metric sqnr --target 30")
     outdir = args.output or args.calibration / "sensitivity"
+    if outdir.resolve() == args.calibration.resolve():
+        raise InputError(f"-o {outdir} is the calibration directory itself; sensitivity writes its own set",
+                         hint="leave -o out (default OUTDIR/sensitivity) or choose another directory")
+    check_output_dir(outdir)  # before minutes of work, not after
+    if args.report:
+        check_output_dir(args.report)
     result, cal = analyze(
         args.model, args.calibration, args.data, options, target=target, num_images=args.num_images,
         verify_images=args.verify_images, batch_size=args.batch_size, preset=preset,
