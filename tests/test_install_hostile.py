@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.bundle_fixtures import make_bundles, opts
-from vqz_edge.bundle import BundleIntegrityError, install_bundle, refresh, rollback, status
+from vqz_edge.bundle import (
+    BundleIntegrityError,
+    install_bundle,
+    load_public_key,
+    refresh,
+    rollback,
+    status,
+    verify_bundle,
+)
 from vqz_edge.bundle import reader as bundle_reader
 from vqz_edge.bundle.manifest import parse_manifest
 from vqz_edge.cli import main
@@ -161,3 +171,69 @@ def test_wrong_kind_of_path_says_what_it_is(argv: list[str], says: str, bundles:
     rc = main([a.format(**names) for a in argv] + (["--backend", "onnxruntime"] if argv[0] in ("install", "rollback") else []))
     assert rc == 2
     assert says in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- crafted tar headers
+
+_FIELDS = {  # USTAR header fields: (offset, length)
+    "name": (0, 100), "mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12), "mtime": (136, 12),
+    "typeflag": (156, 1), "linkname": (157, 100), "magic": (257, 6), "version": (263, 2), "uname": (265, 32),
+    "gname": (297, 32), "devmajor": (329, 8), "devminor": (337, 8), "prefix": (345, 155),
+}
+
+
+def _headers(data: bytes) -> list[int]:
+    """Offsets of the tar headers of a canonical bundle."""
+    out, pos = [], 0
+    while data[pos:pos + 512] != b"\0" * 512:
+        out.append(pos)
+        size = int(data[pos + 124:pos + 136].rstrip(b"\0 ") or b"0", 8)
+        pos += 512 + -(-size // 512) * 512
+    return out
+
+
+def _fix_checksum(head: bytearray) -> None:
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+
+
+@settings(max_examples=120, deadline=None)
+@given(which=st.integers(0, 50), field=st.sampled_from(sorted(_FIELDS)),
+       value=st.one_of(st.binary(min_size=1, max_size=16),
+                       st.text("01234567 \0", min_size=1, max_size=12).map(str.encode),
+                       st.sampled_from([b"777777777777", b"77777777777\0", b"0" * 12, b"-1\0", b"../../etc/passwd\0",
+                                        b"/abs\0", b"2", b"1", b"5", b"ustar ", b"\xff" * 8])),
+       fix_checksum=st.booleans())
+def test_crafted_tar_headers_are_refused_as_integrity_errors(bundles: dict[str, Path], which: int, field: str,
+                                                             value: bytes, fix_checksum: bool) -> None:
+    """Hypothesis over the header fields of a real signed bundle: any change is refused with exit 5, never a
+    ValueError/TypeError trace, and nothing is accepted that differs from what was signed."""
+    data = bundles["v1"].read_bytes()
+    heads = _headers(data)
+    at = heads[which % len(heads)]
+    off, length = _FIELDS[field]
+    head = bytearray(data[at:at + 512])
+    head[off:off + min(length, len(value))] = value[:length]
+    if fix_checksum:
+        _fix_checksum(head)
+    crafted = data[:at] + bytes(head) + data[at + 512:]
+    if crafted == data:
+        return
+    with pytest.raises(BundleIntegrityError) as info:  # UnsafeBundleError is a BundleIntegrityError
+        verify_bundle(crafted, load_public_key(bundles["pub"]))
+    assert info.value.exit_code == 5
+
+
+def test_size_field_of_all_sevens_is_an_integrity_error(bundles: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16 #11: refused before, but by a ValueError trace with exit 1."""
+    data = bytearray(bundles["v1"].read_bytes())
+    at = _headers(bytes(data))[-1]
+    data[at + 124:at + 136] = b"777777777777"
+    head = bytearray(data[at:at + 512])
+    _fix_checksum(head)
+    data[at:at + 512] = head
+    bad = tmp_path / "b.tar"
+    bad.write_bytes(bytes(data))
+    assert main(["bundle", "verify", str(bad), "--key", str(bundles["pub"])]) == 5
+    assert "implausible size" in capsys.readouterr().err

@@ -44,7 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import DependencyError, InputError, VerificationError, VqzError, require_dir, require_file
+from ..errors import (
+    DependencyError,
+    InputError,
+    StorageError,
+    VerificationError,
+    VqzError,
+    require_dir,
+    require_file,
+    storage_error,
+)
 from ..fsutil import atomic_path, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..progress import ProgressFactory, make_bar
@@ -177,8 +186,11 @@ class InstallRoot:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        self.ensure()
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.ensure()
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only root, no space for the folders, no permission
+            raise storage_error(exc, self.root, "preparing the install root at") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -679,25 +691,53 @@ def _existing_root(root_dir: Path) -> InstallRoot:
 
 def _recover(root: InstallRoot) -> list[str]:
     """Finish or undo an operation a crash interrupted; one note per recovered operation."""
+    try:
+        recovered = root.recover()
+    except OSError as exc:
+        raise storage_error(exc, root.root, "recovering an interrupted operation in") from exc
     return [f"recovered interrupted operation {r['op_id']} (it stopped after '{r['interrupted_at']}')"
-            for r in root.recover()]
+            for r in recovered]
 
 
 def _new_op() -> str:
     return f"{time.time_ns()}-{os.getpid()}"
 
 
+def _record_failure(root: InstallRoot, op: str, kind: str, reason: str, error: str) -> None:
+    try:
+        root.journal.append(op, kind, "failed", reason=reason, error=error)
+    except OSError as exc:  # a full or read-only disk also refuses the journal line: the next run recovers
+        _log.warning("could not journal the failure of %s %s: %s", kind, op, exc)
+
+
+def _clean_after_failure(root: InstallRoot, op: str, created: list[Path] | None = None) -> None:
+    """Remove this operation's staging and unfinished build folders (they would fill the disk until the next run)
+    and the release folders it ``created`` that ``current`` does not point into."""
+    cur = root.current_release()
+    fresh = [p for p in created or [] if p.exists() and (cur is None or p not in (cur, *cur.parents))]
+    for p in [*root.staging.glob(f"{op}*"), *root.releases.glob(f"*/builds/.tmp-*-{op}"), *fresh]:
+        try:
+            _rmtree(p)
+        except OSError as exc:
+            _log.warning("could not remove %s: %s (the next install removes it)", p, exc)
+
+
 @contextlib.contextmanager
-def _journalled(root: InstallRoot, op: str, kind: str) -> Iterator[None]:
+def _journalled(root: InstallRoot, op: str, kind: str, created: list[Path] | None = None) -> Iterator[None]:
+    """Journal a failure and clean up after it; ``created``: folders the operation adds (removed on failure)."""
     try:
         yield
     except VqzError as exc:
-        root.journal.append(op, kind, "failed", reason=exc.message, error=type(exc).__name__)
-        for p in [*root.staging.glob(f"{op}*"), *root.releases.glob(f"*/builds/.tmp-*-{op}")]:
-            _rmtree(p)
+        _record_failure(root, op, kind, exc.message, type(exc).__name__)
+        _clean_after_failure(root, op, created)
         raise
+    except OSError as exc:  # disk full, read-only, permissions: an error of the tree, naming the path
+        err = storage_error(exc, root.root)
+        _record_failure(root, op, kind, err.message, type(err).__name__)
+        _clean_after_failure(root, op, created)
+        raise err from exc
     except BaseException as exc:  # noqa: BLE001 -- record any failure (incl. KeyboardInterrupt), then re-raise
-        root.journal.append(op, kind, "failed", reason=f"{type(exc).__name__}: {exc}", error=type(exc).__name__)
+        _record_failure(root, op, kind, f"{type(exc).__name__}: {exc}", type(exc).__name__)
         raise
 
 
@@ -716,17 +756,32 @@ def _install_verified(root: InstallRoot, vb_manifest: Manifest, bundle_dir: Path
     _crash_point("before_switch")
     root.switch(build)
     _crash_point("after_switch")
-    root.journal.append(op, kind, "switched", bundle_id=vb_manifest.bundle_id, device_key=key, release=root.rel(build))
-    info = root.release_info(build)
-    assert info is not None  # written by _build_and_verify
-    hist = state["history"]
-    if hist and hist[-1]["bundle_id"] == vb_manifest.bundle_id:
-        hist[-1] = _history_entry(info)  # same release rebuilt for this device (upgrade): replaces its old build
-    else:
-        hist.append(_history_entry(info))
-    state["highest_bundle_version"] = max(int(state["highest_bundle_version"]), vb_manifest.bundle_version)
-    root.write_state(state)
+    with _after_switch(root, build):
+        root.journal.append(op, kind, "switched", bundle_id=vb_manifest.bundle_id, device_key=key, release=root.rel(build))
+        info = root.release_info(build)
+        assert info is not None  # written by _build_and_verify
+        hist = state["history"]
+        if hist and hist[-1]["bundle_id"] == vb_manifest.bundle_id:
+            hist[-1] = _history_entry(info)  # same release rebuilt for this device (upgrade): replaces its old build
+        else:
+            hist.append(_history_entry(info))
+        state["highest_bundle_version"] = max(int(state["highest_bundle_version"]), vb_manifest.bundle_version)
+        root.write_state(state)
     return build, smoke
+
+
+@contextlib.contextmanager
+def _after_switch(root: InstallRoot, build: Path) -> Iterator[None]:
+    """Bookkeeping after ``current`` was switched: a write that fails here (disk full) is reported as such, saying
+    that the new, verified release is already current and the next run completes state.json."""
+    try:
+        yield
+    except (OSError, StorageError) as exc:
+        err = exc if isinstance(exc, StorageError) else storage_error(exc, root.state_path)
+        raise type(err)(
+            f"{err.message}; {root.rel(build)} (verified) is already current, only the bookkeeping is behind",
+            hint="free space; the next install/rollback completes state.json (vqz-edge status shows where current is)",
+        ) from exc
 
 
 def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = InstallOptions(), *,
@@ -763,7 +818,8 @@ def _install_open_bundle(bundle: Path, fh: BinaryIO, root_dir: Path, options: In
         notes = _recover(root)
         op, kind = _new_op(), "install"
         root.journal.append(op, kind, "start", bundle=str(bundle))
-        with _journalled(root, op, kind):
+        created: list[Path] = []
+        with _journalled(root, op, kind, created):
             # 1. verify everything before writing anything
             vb: VerifiedBundle = verify_bundle(fh, public_key, allow_unsigned=options.allow_unsigned)
             m = vb.manifest
@@ -793,6 +849,8 @@ def _install_open_bundle(bundle: Path, fh: BinaryIO, root_dir: Path, options: In
                                      time.monotonic() - t0)
             # 3. extract (verifying again while writing) and move under releases/
             bundle_dir = root.bundle_dir(m.bundle_id)
+            if not bundle_dir.parent.exists():
+                created.append(bundle_dir.parent)  # a failed install removes the release folder it added
             reuse = False
             if (bundle_dir / MANIFEST_NAME).is_file() and (bundle_dir / MANIFEST_NAME).read_bytes() == vb.manifest_bytes:
                 try:
@@ -823,10 +881,11 @@ def _install_open_bundle(bundle: Path, fh: BinaryIO, root_dir: Path, options: In
             # 4. build (or reuse a verified build), verify, switch
             _build, smoke = _install_verified(root, m, bundle_dir, device, backend, key, op, kind, state, progress,
                                              options.targets_files)
-            removed = root.prune(options.keep)
-            if removed:
-                notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
-            root.journal.append(op, kind, "done", bundle_id=m.bundle_id, device_key=key)
+            with _after_switch(root, _build):
+                removed = root.prune(options.keep)
+                if removed:
+                    notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
+                root.journal.append(op, kind, "done", bundle_id=m.bundle_id, device_key=key)
             return InstallResult("installed", m.bundle_id, m.bundle_version, key, backend, root.rel(_build), previous,
                                  vb.signature, vb.key_id, smoke, device, tuple(notes), time.monotonic() - t0)
 

@@ -130,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # disk full, read-only, a path of the wrong kind: a message, never a traceback
         return _fail(args, storage_error(exc, action="accessing"))
     except KeyboardInterrupt:
-        print("vqz-edge: interrupted; nothing was written", file=sys.stderr)
+        print("vqz-edge: interrupted; no artifact was left half-written (a set interrupted while being switched "
+              "into place is refused when it is read)", file=sys.stderr)
         return 130
 
 
