@@ -11,11 +11,13 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vqz_edge.cli import build_parser, emit_json, options
+from tests.bundle_fixtures import tiny_model
+from vqz_edge.cli import build_parser, emit_json, main, options
 from vqz_edge.errors import VerificationError
 
 # option types that take text that is not a number (paths, names, choices)
@@ -158,3 +160,49 @@ def test_emit_json_refuses_nan_instead_of_printing_invalid_json(capsys: pytest.C
     with pytest.raises(VerificationError, match=r"\$\.outputs\[0\]\.mean_cosine = nan"):
         emit_json({"outputs": [{"mean_cosine": float("nan")}]})
     assert capsys.readouterr().out == ""
+
+
+# ------------------------------------------------------------------------ files of the wrong kind or encoding
+
+
+BINARY = b"\x00\xff\xfe\x80 not text"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["data", "--images", "{file}", "--split", "calibration", "--count", "2", "-o", "{tmp}/d.npy"],
+     "data folder {file} is a regular file, not a directory"),
+    (["run", "{model}", "--input", "{dir}", "--no-memory-check"], "image {dir} is a directory, not a file"),
+    (["run", "{model}", "--input", "{empty}", "--no-memory-check"], "is empty (0 bytes)"),
+    (["evaluate", "{model}", "{model}", "--data", "{dir}.npy"], "does not exist"),
+    (["targets", "--targets-file", "{binary}"], "targets file {binary} is not UTF-8 text"),
+    (["check-memory", "{model}", "--resident", "x=1e400GiB"], "cannot read size '1e400GiB'"),
+    (["targets", "--targets-file", "{huge_ram}"], "ram_mib = inf is not a size in MiB"),
+    (["vlm", "plan", "llava-1.5-7b", "--target", "orin-nx-16gb", "--vision", "int8", "--fidelity-report", "{binary}"],
+     "fidelity report {binary} is not JSON text"),
+    (["calibrate", "{dir}", "--data", "demo"], "ONNX file {dir} is a directory, not a file"),
+    (["check-memory", "{model}", "--targets-file", "{dir}"], "is a directory, not a file"),
+])
+def test_wrong_kind_or_encoding_is_named(argv: list[str], says: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_path = tmp_path / "m.onnx"
+    onnx.save(tiny_model(), onnx_path)
+    names = {"file": tmp_path / "afile", "dir": tmp_path / "adir", "tmp": tmp_path, "model": onnx_path,
+             "binary": tmp_path / "bin.dat", "empty": tmp_path / "EMPTY.npy", "huge_ram": tmp_path / "t.toml"}
+    names["file"].write_text("x")
+    names["dir"].mkdir()
+    names["binary"].write_bytes(BINARY)
+    names["empty"].write_bytes(b"")
+    names["huge_ram"].write_text('[[target]]\nname = "x"\nextends = "orin-nx-16gb"\nram_mib = 1e400\n')
+    rc = main([a.format(**names) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert says.format(**names) in err and "Traceback" not in err
+
+
+def test_binary_quantization_config_names_the_file(tmp_path: Path) -> None:
+    from vqz_edge.errors import InputError
+    from vqz_edge.vlm.quantconfig import read_quantization_config
+
+    (tmp_path / "q.json").write_bytes(BINARY)
+    with pytest.raises(InputError, match=r"quantization config .*q\.json is not JSON text"):
+        read_quantization_config(tmp_path / "q.json")
