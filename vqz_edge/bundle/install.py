@@ -500,7 +500,7 @@ def _file_problem(path: Path, size: int | None, sha256: str, against: str = "its
     if size is not None and path.stat().st_size != size:
         return f"{path} has {path.stat().st_size} bytes, {against} says {size} (changed or damaged on disk)"
     if sha256_file(path) != sha256:
-        return f"{path} does not match {against} (sha256 differs: changed or damaged on disk)"
+        return f"{path} does not match {against} (changed or damaged on disk)"
     return None
 
 
@@ -840,7 +840,7 @@ def _install_open_bundle(bundle: Path, fh: BinaryIO, root_dir: Path, options: In
             if cur and cur["bundle_id"] == m.bundle_id and cur["device_key"] == key and not options.force:
                 damaged = release_problems(root, cur)[0]
                 if damaged:
-                    notes.append(f"the current release is damaged ({'; '.join(damaged)}): repairing it")
+                    notes.append(f"the current release is damaged: {'; '.join(damaged)}; repairing it")
             if cur and cur["bundle_id"] == m.bundle_id and cur["device_key"] == key and not options.force and not damaged:
                 root.journal.append(op, kind, "noop", bundle_id=m.bundle_id, device_key=key)
                 return InstallResult("noop", m.bundle_id, m.bundle_version, key, backend, cur["release"], previous,
