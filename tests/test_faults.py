@@ -22,9 +22,9 @@ import pytest
 from tests.bundle_fixtures import make_bundles, make_calibration_dir, tiny_model
 from tests.faults import disk_full_at, leftovers, read_only, snapshot
 from vqz_edge.bundle import install_bundle, status
-from vqz_edge.bundle.device import DevicePaths
 from vqz_edge.bundle.install import InstallOptions
 from vqz_edge.cli import COMMAND_MODULES, main
+from vqz_edge.device import DevicePaths
 from vqz_edge.errors import DiskFullError, ReadOnlyError
 from vqz_edge.fsutil import atomic_write_bytes, remove_stale, write_set
 

@@ -125,7 +125,7 @@ def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[
 
 def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
     from ..calib.cache import cache_bytes, read_cache
-    from ..trt.compat import parse_trt_version
+    from ..versions import parse_trt_version
 
     cache = read_cache(path)
     tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
