@@ -237,3 +237,28 @@ def test_size_field_of_all_sevens_is_an_integrity_error(bundles: dict[str, Path]
     bad.write_bytes(bytes(data))
     assert main(["bundle", "verify", str(bad), "--key", str(bundles["pub"])]) == 5
     assert "implausible size" in capsys.readouterr().err
+
+
+def test_status_hashes_the_built_engine_and_reinstall_rebuilds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT backend (the 10.3 double): the engine built on the device is hash-checked by status too."""
+    from tests.bundle_fixtures import NV_TEGRA_61, fake_jetson, make_calibration_dir
+    from tests.doubles import install_doubles
+    from vqz_edge.bundle import BundleOptions, InstallOptions, create_bundle, generate_keypair
+
+    keys = generate_keypair(tmp_path / "fleet")
+    spec, cal = make_calibration_dir(tmp_path / "ws")
+    bundle = tmp_path / "b.tar"
+    create_bundle(spec, bundle, BundleOptions("orin-nx-16gb", calibration_dir=cal, sign_key=keys.private_path))
+    install_doubles(monkeypatch, "10.3")
+    o = InstallOptions(backend="tensorrt", public_key=keys.public_path, device=fake_jetson(tmp_path / "dev", NV_TEGRA_61))
+    root = tmp_path / "root"
+    install_bundle(bundle, root, o)
+    info = json.loads((root / "current" / "release.json").read_text())
+    assert {"model.engine", "manifest.json"} <= set(info["files"])
+    assert status(root)["healthy"]
+    engine = root / "current" / "model.engine"
+    engine.write_bytes(engine.read_bytes()[:-1] + b"\0")
+    st = status(root)
+    assert not st["healthy"] and any("model.engine" in p for p in st["integrity"]["problems"])
+    assert install_bundle(bundle, root, o).action == "installed"
+    assert status(root)["healthy"]

@@ -288,6 +288,9 @@ class InstallRoot:
         for p in sorted(self.releases.glob("*/builds/.tmp-*")):
             _rmtree(p)
             removed.append(self.rel(p))
+        for p in sorted(self.root.glob(".current.*.tmp")):  # a switch killed between symlink() and rename()
+            _rmtree(p)
+            removed.append(self.rel(p))
         cur_path = self.current_release()
         for op in interrupted:
             rec = {"interrupted_at": op.last_stage, "current": self.rel(cur_path) if cur_path is not None else None,
