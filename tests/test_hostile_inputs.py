@@ -180,6 +180,7 @@ BINARY = b"\x00\xff\xfe\x80 not text"
     (["vlm", "plan", "llava-1.5-7b", "--target", "orin-nx-16gb", "--vision", "int8", "--fidelity-report", "{binary}"],
      "fidelity report {binary} is not JSON text"),
     (["calibrate", "{dir}", "--data", "demo"], "ONNX file {dir} is a directory, not a file"),
+    (["vlm", "plan", "{binary}", "--target", "orin-nx-16gb"], "model config {binary} is not JSON text"),
     (["check-memory", "{model}", "--targets-file", "{dir}"], "is a directory, not a file"),
 ])
 def test_wrong_kind_or_encoding_is_named(argv: list[str], says: str, tmp_path: Path,
