@@ -155,6 +155,8 @@ def test_disk_full_at_every_write(writer: Writer, world: dict[str, Path], tmp_pa
             # when the disk filled after the switch -- the new, verified release, and the message says so
             st = status(watched)
             assert st["healthy"] and st["integrity"]["checked"] and not st["integrity"]["problems"]
+            assert list((watched / "staging").iterdir()) == [], f"install, ENOSPC at write {k}/{total}: staging left"
+            assert not list((watched / "releases").glob("*/builds/.tmp-*"))
             if before["current"] == after["current"]:
                 after.pop("journal.jsonl", None), before.pop("journal.jsonl", None)
                 assert after == before, f"install, ENOSPC at write {k}/{total}"
