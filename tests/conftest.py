@@ -1,13 +1,27 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_vqz_logging() -> Iterator[None]:
+    """Tests that call the CLI in-process (``vqz_edge.cli.main``) configure the vqz_edge logger as the command line
+    does (own stderr handler, no propagation); undo that afterwards so caplog in later tests still sees it."""
+    logger = logging.getLogger("vqz_edge")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    yield
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+    logger.handlers[:] = saved[2]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

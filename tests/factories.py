@@ -69,3 +69,20 @@ def raises() -> nn.Module:
 
 def not_a_module() -> object:
     return 42
+
+
+def nan_weights() -> nn.Module:
+    """conv_bn with one NaN in the stem's conv weight (a diverged or corrupt checkpoint)."""
+    model = conv_bn()
+    with torch.no_grad():
+        model.stem[0].weight[0, 0, 0, 0] = float("nan")
+    return model
+
+
+def inf_after_fold() -> nn.Module:
+    """Finite weights, but a BatchNorm with zero variance and eps 0: the model itself outputs NaN/Inf."""
+    model = conv_bn()
+    bn = model.stem[1]
+    bn.eps = 0.0
+    bn.running_var.zero_()
+    return model

@@ -24,7 +24,7 @@ from vqz_edge.calib.cache import (
 )
 from vqz_edge.calib.collect import calibration_tensors
 from vqz_edge.calib.qdq import insert_qdq
-from vqz_edge.errors import CalibrationError, DataError, InputError
+from vqz_edge.errors import DataError, InputError
 from vqz_edge.policy.resolve import resolve
 from vqz_edge.spec import PrecisionRule
 
@@ -252,13 +252,13 @@ def test_wrong_channel_count_and_shape(tmp_path: Path, mobilenet_onnx: Path) -> 
     assert _empty(tmp_path / "out")
 
 
-def test_nan_in_activations_names_tensor_and_batch(tmp_path: Path, mobilenet_onnx: Path) -> None:
+def test_nan_in_data_names_the_sample_before_any_statistic(tmp_path: Path, mobilenet_onnx: Path) -> None:
     x = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
     x[5, 0, 0, 0] = np.nan
     np.save(tmp_path / "nan.npy", x)
-    with pytest.raises(CalibrationError, match=r"tensor 'input' has NaN/Inf values in calibration batch 1 \(images 4\.\.7\)"):
+    with pytest.raises(DataError, match=r"nan\.npy \(8 of 8 samples\): sample 5 holds nan at position \[0, 0, 0\]"):
         calibrate(mobilenet_onnx, tmp_path / "nan.npy", tmp_path / "out", CalibrationOptions(batch_size=4))
-    assert not (tmp_path / "out" / "calibration.cache").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_directory_not_writable(tmp_path: Path, mobilenet_onnx: Path) -> None:
@@ -275,7 +275,7 @@ def test_good_cache_not_replaced_by_failed_run(tmp_path: Path, mobilenet_onnx: P
     (out / "calibration.cache").write_bytes(good)
     x = np.full((4, 3, 224, 224), np.inf, np.float32)
     np.save(tmp_path / "inf.npy", x)
-    with pytest.raises(CalibrationError):
+    with pytest.raises(DataError, match="sample 0 holds inf"):
         calibrate(mobilenet_onnx, tmp_path / "inf.npy", out)
     assert (out / "calibration.cache").read_bytes() == good
     assert sorted(p.name for p in out.iterdir()) == ["calibration.cache"]

@@ -155,7 +155,7 @@ def test_ort_backend_end_to_end(mobilenet_onnx: Path) -> None:
         np.testing.assert_array_equal(out, ref)
         single = r.run({"input": x[:1].astype(np.float64)})["output"]  # same-kind cast, dynamic batch
         np.testing.assert_allclose(single, ref[:1], rtol=1e-5, atol=1e-5)
-        cat = load_inputs([_photo("chelsea.png")], r.inputs[0].shape)
+        cat, _ = load_inputs([_photo("chelsea.png")], r.inputs[0].shape)
         top = classify(r.run({"input": cat})["output"], 5, [str(i) for i in range(1000)])[0]
         assert 281 <= top[0]["index"] <= 285  # ImageNet's domestic cat classes: chelsea is a tabby cat
     with pytest.raises(InputError, match="closed"):
@@ -263,7 +263,7 @@ def test_ort_backend_qdq_model(mobilenet_onnx: Path, tmp_path: Path) -> None:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=["/classifier/classifier.1/Gemm"])
     photos = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png"]
-    x = np.concatenate([load_inputs([_photo(p) for p in photos], (-1, 3, 224, 224)), demo_crops("evaluation", 8)])
+    x = np.concatenate([load_inputs([_photo(p) for p in photos], (-1, 3, 224, 224))[0], demo_crops("evaluation", 8)])
     with open_runner(mobilenet_onnx) as fp32, open_runner(qdq) as q:
         assert q.describe()["qdq"] is True and q.inputs == fp32.inputs
         a = fp32.run({"input": x})["output"].argmax(1)

@@ -6,6 +6,9 @@ what to do about it.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class VqzError(Exception):
     """Base class of every error vqz-edge raises on purpose."""
@@ -85,3 +88,96 @@ class DeviceRuntimeError(VqzError):
     """TensorRT or CUDA failed while loading or running an engine on the device."""
 
     exit_code = 9
+
+
+class StorageError(VqzError):
+    """The filesystem refused an operation on a path (I/O error and the like); the message names the path."""
+
+    exit_code = 10
+
+
+class DiskFullError(StorageError):
+    """No space left on the device (ENOSPC) or over the disk quota (EDQUOT)."""
+
+
+class ReadOnlyError(StorageError):
+    """The path is on a read-only filesystem (EROFS) or this user may not write it (EACCES, EPERM)."""
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def describe_path(path: os.PathLike[str] | str) -> str:
+    """What is at ``path`` in words: 'a directory', 'a regular file', 'a symbolic link to ...', 'nothing'."""
+    p = os.fspath(path)
+    if os.path.islink(p) and not os.path.exists(p):
+        return f"a dangling symbolic link (to {os.readlink(p)})"
+    if os.path.isdir(p):
+        return "a directory"
+    if os.path.isfile(p):
+        return "a regular file"
+    if os.path.exists(p):
+        return "a special file (not a regular file or directory)"
+    return "nothing (it does not exist)"
+
+
+def _kind_error(path: os.PathLike[str] | str, what: str, wanted: str) -> str:
+    kind = describe_path(path)
+    verb = "does not exist" if kind.startswith("nothing") else f"is {kind}, not a {wanted}"
+    return f"{what} {os.fspath(path)} {verb}"
+
+
+def require_file(path: os.PathLike[str] | str, what: str, *, hint: str | None = None,
+                 error: type[InputError] = InputError) -> None:
+    """Raise ``error`` unless ``path`` is a regular file (or a link to one); the message says what is there
+    instead ("does not exist", "is a directory, not a file")."""
+    if not os.path.isfile(os.fspath(path)):
+        raise error(_kind_error(path, what, "file"), hint=hint)
+
+
+def require_dir(path: os.PathLike[str] | str, what: str, *, hint: str | None = None,
+                error: type[InputError] = InputError) -> None:
+    """Raise ``error`` unless ``path`` is a directory; the message says what is there instead."""
+    if not os.path.isdir(os.fspath(path)):
+        raise error(_kind_error(path, what, "directory"), hint=hint)
+
+
+def storage_error(exc: OSError, path: os.PathLike[str] | str | None = None, action: str = "writing") -> VqzError:
+    """The error-tree counterpart of an OSError: disk full and read-only are named as such, the path is given.
+
+    ``path`` is the artifact being written (used when the OSError carries no file name, as a failed
+    ``write()`` does); ``action`` says what was being done ('writing', 'reading', 'creating').
+    """
+    if isinstance(exc, VqzError):  # pragma: no cover - defensive
+        return exc
+    where = exc.filename if exc.filename is not None else path
+    name = os.fspath(where) if where is not None else "a file"
+    reason = exc.strerror or str(exc)
+    code = exc.errno
+    if code in _DISK_FULL:
+        folder = os.path.dirname(os.path.abspath(name)) if where is not None else "."
+        return DiskFullError(
+            f"disk full: no space left on the device while {action} {name} ({reason})",
+            hint=f"free space on the filesystem of {folder} (df -h {folder}) and run again; the previous "
+            "artifacts were left as they were",
+        )
+    if code == errno.EROFS:
+        return ReadOnlyError(
+            f"read-only filesystem: cannot write {name} ({reason})",
+            hint="remount it read-write or choose a writable location",
+        )
+    if code in _READ_ONLY:
+        return ReadOnlyError(
+            f"permission denied: {name} is read-only for this user ({reason})",
+            hint="choose a location this user may write, or fix its permissions",
+        )
+    if code == errno.ENOENT:
+        return InputError(f"{name} does not exist ({reason})")
+    if code == errno.ENOTDIR:
+        return InputError(f"a component of {name} is a file where a directory is needed ({reason})")
+    if code == errno.EISDIR:
+        return InputError(f"{name} is a directory where a file is needed ({reason})")
+    if code == errno.EEXIST:
+        return InputError(f"{name} already exists and is {describe_path(name)} ({reason})")
+    return StorageError(f"{action} {name} failed: {reason} (errno {code})")

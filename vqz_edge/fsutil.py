@@ -1,6 +1,8 @@
-"""Filesystem helpers: atomic writes (temp file, fsync, rename) and hashing.
+"""Filesystem helpers: atomic writes (temp file, fsync, rename), sets of files switched together, and hashing.
 
-A failed step never leaves a half-written artifact and never replaces a good one.
+A failed step never leaves a half-written artifact and never replaces a good one; an OSError while writing
+(disk full, read-only filesystem, permission denied) becomes the matching error of vqz_edge/errors.py, with the
+path. Temporary files carry the writer's pid, so the next writer removes those a killed process left behind.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, VqzError, describe_path, require_dir, storage_error
 
 
 def check_output_path(path: Path) -> Path:
@@ -42,26 +45,135 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def check_output_dir(path: Path) -> Path:
+    """Fail early when the directory ``path`` cannot be created or written; creates nothing (a failed run must
+    not leave an empty folder behind)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if probe == path:
+        require_dir(path, "output directory", hint="choose another output directory")
+    elif not probe.is_dir():
+        raise InputError(f"cannot create output directory {path}: {probe} is {describe_path(probe)}, not a directory",
+                         hint="choose another output directory")
+    if not os.access(probe, os.W_OK):
+        raise InputError(f"output directory {probe} is not writable (for {path})", hint="choose another output directory")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale(directory: Path, prefix: str, suffix: str) -> list[Path]:
+    """Remove entries ``directory/<prefix><pid>.<random><suffix>`` whose writer process is gone (killed mid-write);
+    those of live writers are left alone. Returns what was removed."""
+    removed = []
+    for p in sorted(Path(directory).glob(f"{glob_escape(prefix)}*{glob_escape(suffix)}")):
+        pid_text = p.name[len(prefix):].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched; an OSError (disk full,
+    read-only, ...) is raised as the matching VqzError naming ``path``.
     """
     path = Path(path)
     check_output_path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    directory = path.parent if str(path.parent) else Path(".")
+    remove_stale(directory, f".{path.name}.", ".tmp")
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync_dir(directory)
+    except VqzError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_set(directory: Path, payloads: Mapping[str, bytes | Callable[[Path], None]], *, last: str,
+              tag: str = "set", drop: Iterable[str] = ()) -> dict[str, Path]:
+    """Write ``payloads`` into ``directory`` as one set: file name -> its bytes, or a function that writes the file
+    at the path it is given (for artifacts too large to hold twice). Every file is written and fsynced in
+    a private staging folder first, then renamed into place, ``last`` last (the file that vouches for the others,
+    e.g. a summary holding their hashes), then the staging folder is removed.
+
+    A failure while writing (disk full, read-only, an exception) leaves the previous set untouched and no staging
+    folder; a process killed during the renames leaves a set whose ``last`` file does not vouch for the new files,
+    which readers detect. Staging folders of killed writers are removed by the next writer. ``drop``: files of
+    the same family that this set does not have (an earlier run's optional output); removed before ``last``.
+    """
+    directory = Path(directory)
+    names = sorted(n for n in payloads if n != last) + [last]
+    if last not in payloads:
+        raise ValueError(f"write_set: {last!r} is not among the payloads")
+    check_output_dir(directory)
+    stage: Path | None = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        remove_stale(directory, f".{tag}.", ".staging")
+        stage = Path(tempfile.mkdtemp(prefix=f".{tag}.{os.getpid()}.", suffix=".staging", dir=directory))
+        for name in names:
+            try:
+                payload = payloads[name]
+                if isinstance(payload, bytes):
+                    atomic_write_bytes(stage / name, payload)
+                else:
+                    with atomic_path(stage / name) as tmp:
+                        payload(tmp)
+            except VqzError as exc:  # name the artifact, not its staged copy, when the OSError names no file
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and cause.filename is None:
+                    raise storage_error(cause, directory / name) from cause
+                raise
+        for name in names[:-1]:
+            os.replace(stage / name, directory / name)
+        for name in sorted(set(drop) - set(names)):
+            if (directory / name).is_file():
+                (directory / name).unlink()
+        os.replace(stage / last, directory / last)
+        _fsync_dir(directory)
+    except VqzError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, directory) from exc
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+    return {name: directory / name for name in names}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

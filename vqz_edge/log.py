@@ -17,7 +17,12 @@ def configure(verbosity: int = 0, *, quiet: bool = False) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
     root = logging.getLogger(_ROOT)
     root.setLevel(level)
-    if not any(getattr(h, "_vqz", False) for h in root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "_vqz", False)]
+    if ours:  # configured before (main() called again in one process): write to today's stderr, not a closed one
+        for h in ours:
+            if isinstance(h, logging.StreamHandler) and h.stream is not sys.stderr:
+                h.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
         handler._vqz = True  # type: ignore[attr-defined]

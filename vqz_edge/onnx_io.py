@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, SpecError, require_file
+
+if TYPE_CHECKING:
+    from .spec import InputSpec
 
 
 @dataclass(frozen=True)
@@ -22,8 +29,7 @@ class TensorInfo:
 
 def load_model(path: Path | str) -> onnx.ModelProto:
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"ONNX file {path} does not exist")
+    require_file(path, "ONNX file", error=ModelLoadError)
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError and friends, with no common base we can name
@@ -75,3 +81,71 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 def count_ops(model: onnx.ModelProto, op_type: str) -> int:
     return sum(1 for n in model.graph.node if n.op_type == op_type)
+
+
+def _weight_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors += [a.t for a in node.attribute if a.name == "value" and a.HasField("t")]
+    return tensors
+
+
+def nonfinite_weights(model: onnx.ModelProto) -> list[str]:
+    """Initializers / Constant tensors holding NaN or Inf, each as 'name (k of n values, e.g. nan)'."""
+    bad = []
+    for t in _weight_tensors(model):
+        if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                               onnx.TensorProto.BFLOAT16):
+            continue
+        arr = np.asarray(numpy_helper.to_array(t), dtype=np.float64)
+        mask = ~np.isfinite(arr)
+        if mask.any():
+            bad.append(f"{t.name or '<constant>'} ({int(mask.sum())} of {arr.size} values, e.g. {arr[mask].flat[0]})")
+    return bad
+
+
+def require_finite_weights(model: onnx.ModelProto, where: str) -> None:
+    """Raise ModelLoadError naming every weight tensor of ``model`` that holds NaN/Inf."""
+    bad = nonfinite_weights(model)
+    if bad:
+        raise ModelLoadError(
+            f"{where} has non-finite weights: {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""),
+            hint="the checkpoint is corrupt or training diverged; a model with NaN/Inf weights is never exported",
+        )
+
+
+def check_spec_inputs(inputs: Sequence[InputSpec], model: onnx.ModelProto, where: str, spec_path: object = None) -> None:
+    """Refuse a spec whose [[inputs]] do not describe ``model``: every model input needs an entry of the same
+    name, rank and dtype, and every fixed dimension of the model must be the spec's in shape, min_shape and
+    max_shape (SpecError naming the input, both shapes and the files)."""
+    spec_name = f"spec {spec_path}" if spec_path else "the spec"
+    model_inputs = {i.name: i for i in graph_inputs(model)}
+    given = {i.name: i for i in inputs}
+    missing = [n for n in model_inputs if n not in given]
+    unknown = [n for n in given if n not in model_inputs]
+    if missing or unknown:
+        raise SpecError(
+            f"{spec_name} does not match {where}: "
+            + "; ".join([f"model input {n!r} {list(model_inputs[n].shape)} has no [[inputs]] entry" for n in missing]
+                        + [f"[[inputs]] {n!r} is not an input of the model (its inputs: {sorted(model_inputs)})"
+                           for n in unknown]),
+            hint="make [[inputs]] name the model's inputs, with their shapes",
+        )
+    for name, info in model_inputs.items():
+        sp = given[name]
+        if sp.dtype != info.dtype:
+            raise SpecError(f"{spec_name}: input {name!r} has dtype {sp.dtype}, {where} takes {info.dtype}")
+        for label, shape in (("shape", sp.shape), ("min_shape", sp.min_shape), ("max_shape", sp.max_shape)):
+            if shape is None:
+                continue
+            if len(shape) != len(info.shape):
+                raise SpecError(f"{spec_name}: input {name!r} {label} {list(shape)} has rank {len(shape)}, {where} "
+                                f"takes rank {len(info.shape)} ({list(info.shape)})")
+            for axis, (have, want) in enumerate(zip(shape, info.shape)):
+                if isinstance(want, int) and want > 0 and have != want:
+                    raise SpecError(
+                        f"{spec_name}: input {name!r} {label} {list(shape)} differs from {where} "
+                        f"{list(info.shape)} at axis {axis} ({have} != {want})",
+                        hint="fix [[inputs]] (or export the model with this shape)",
+                    )

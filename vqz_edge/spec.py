@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .errors import SpecError
+from .errors import SpecError, require_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -315,8 +315,7 @@ def parse_spec(doc: Mapping[str, Any], path: Path | None = None) -> Spec:
 
 def load_spec(path: Path) -> Spec:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec file {path} does not exist")
+    require_file(path, "spec file", error=SpecError)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -123,11 +123,19 @@ def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[
     return comp, rows
 
 
-def _stamped_cache(path: Path, trt_version: str) -> tuple[bytes, dict[str, Any]]:
+def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
     from ..calib.cache import cache_bytes, read_cache
     from ..versions import parse_trt_version
 
     cache = read_cache(path)
+    tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    foreign = sorted(set(cache.scales) - tensors)
+    if foreign:
+        raise InputError(
+            f"{path} belongs to another model: {len(foreign)} of its {len(cache.scales)} tensors are not in "
+            f"{onnx_path} (e.g. {foreign[:3]})",
+            hint="calibrate this model.onnx (vqz-edge calibrate) so the cache, Q/DQ model and plan match it",
+        )
     code = parse_trt_version(trt_version).code
     info: dict[str, Any] = {
         "file": "calibration.cache",
@@ -228,6 +236,13 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             f"{onnx_path} does not exist",
             hint="run vqz-edge demo (or export + calibrate) first, or point --calibration-dir at the model's folder",
         )
+    from ..calib.outputs import check_calibration_set
+    from ..onnx_io import check_spec_inputs, graph_inputs, graph_outputs, load_model
+
+    model = load_model(onnx_path)
+    check_spec_inputs(spec.inputs, model, str(onnx_path), spec_path)
+    # the calibration outputs must be one run's set, made for this model.onnx (plan.json has its own stamp)
+    check_calibration_set(cal, used=("calibration.cache", "model.qdq.onnx"), model_sha256=sha256_file(onnx_path))
     notes: list[str] = []
     bar = make_bar(progress, "bundle (steps)", 6)
     try:
@@ -237,12 +252,20 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         hashes: dict[str, str] = {"model.onnx": sha256_file(onnx_path)}
         qdq = cal / "model.qdq.onnx"
         if qdq.is_file():
+            q = load_model(qdq)
+            if ([(i.name, i.shape) for i in graph_inputs(q)] != [(i.name, i.shape) for i in graph_inputs(model)]
+                    or [o.name for o in graph_outputs(q)] != [o.name for o in graph_outputs(model)]):
+                raise InputError(
+                    f"{qdq} belongs to another model: its inputs/outputs {[i.to_dict() for i in graph_inputs(q)]} -> "
+                    f"{[o.name for o in graph_outputs(q)]} are not those of {onnx_path}",
+                    hint="calibrate this model.onnx (vqz-edge calibrate) so the cache, Q/DQ model and plan match it",
+                )
             entries["model.qdq.onnx"] = qdq
             artifacts["qdq_onnx"] = "model.qdq.onnx"
             hashes["model.qdq.onnx"] = sha256_file(qdq)
         cache_info = None
         if (cal / "calibration.cache").is_file():
-            data, cache_info = _stamped_cache(cal / "calibration.cache", target.default_trt_version)
+            data, cache_info = _stamped_cache(cal / "calibration.cache", target.default_trt_version, model, onnx_path)
             entries["calibration.cache"] = data
             artifacts["calibration_cache"] = "calibration.cache"
             if cache_info["restamped_from"] is not None:

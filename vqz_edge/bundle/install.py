@@ -37,14 +37,24 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..device import DeviceInfo, DevicePaths, detect_device, identify_targets
-from ..errors import DependencyError, InputError, VerificationError, VqzError
+from ..errors import (
+    DependencyError,
+    InputError,
+    StorageError,
+    VerificationError,
+    VqzError,
+    require_dir,
+    require_file,
+    storage_error,
+)
 from ..fsutil import atomic_path, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..progress import ProgressFactory, make_bar
@@ -170,13 +180,18 @@ class InstallRoot:
         return os.path.relpath(path, self.root)
 
     def ensure(self) -> None:
+        if self.root.exists() or self.root.is_symlink():
+            require_dir(self.root, "install root", hint="give a directory (it is created when missing)")
         for d in (self.root, self.releases, self.staging):
             d.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        self.ensure()
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.ensure()
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only root, no space for the folders, no permission
+            raise storage_error(exc, self.root, "preparing the install root at") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -242,6 +257,7 @@ class InstallRoot:
         """Make state.json agree with ``current``, clean staging and unfinished builds, and journal a
         ``recovered`` record for every interrupted operation. Runs under the lock."""
         recovered = []
+        restored = self._restore_replaced_build()
         state = self.read_state()
         info = self.current_info()
         hist = state["history"]
@@ -272,13 +288,30 @@ class InstallRoot:
         for p in sorted(self.releases.glob("*/builds/.tmp-*")):
             _rmtree(p)
             removed.append(self.rel(p))
+        for p in sorted(self.root.glob(".current.*.tmp")):  # a switch killed between symlink() and rename()
+            _rmtree(p)
+            removed.append(self.rel(p))
         cur_path = self.current_release()
         for op in interrupted:
             rec = {"interrupted_at": op.last_stage, "current": self.rel(cur_path) if cur_path is not None else None,
-                   "removed": removed, "state": fixed}
+                   "removed": removed, "state": fixed, "restored": restored}
             self.journal.append(op.op_id, op.kind, "recovered", **rec)
             recovered.append({"op_id": op.op_id, **rec})
         return recovered
+
+    def _restore_replaced_build(self) -> str | None:
+        """A rebuild moves the old build aside, then renames the new one into place; a crash between the two
+        renames leaves ``current`` dangling: put the old build back."""
+        if not self.current_link.is_symlink() or self.current_release() is not None:
+            return None
+        target = self.root / os.readlink(self.current_link)
+        for old in sorted(self.staging.glob("*-replaced-build")):
+            info = self.release_info(old)
+            if info is not None and info.get("release") == self.rel(target) and not target.exists():
+                os.replace(old, target)
+                _fsync_dir(target.parent)
+                return self.rel(target)
+        return None
 
     def prune(self, keep: int) -> list[str]:
         """Keep the bundles of the last ``keep`` distinct history entries (and current); drop the rest."""
@@ -463,18 +496,83 @@ def _copy_with_progress(src: Path, dst: Path, progress: ProgressFactory | None) 
         bar.close()
 
 
+def _file_problem(path: Path, size: int | None, sha256: str, against: str = "its manifest") -> str | None:
+    """Why ``path`` is not the file with this size and sha256 (None when it is); ``against``: where they come from."""
+    if not path.is_file() or path.is_symlink():
+        return f"{path} is missing" if not path.exists() and not path.is_symlink() else f"{path} is not a regular file"
+    if size is not None and path.stat().st_size != size:
+        return f"{path} has {path.stat().st_size} bytes, {against} says {size} (changed or damaged on disk)"
+    if sha256_file(path) != sha256:
+        return f"{path} does not match {against} (changed or damaged on disk)"
+    return None
+
+
+def _check_extracted(folder: Path, manifest: Manifest) -> None:
+    """Every file the verified ``manifest`` lists, as written into ``folder``, hashes to the manifest's sha256."""
+    for name, entry in sorted(manifest.files.items()):
+        problem = _file_problem(folder / name, entry.size, entry.sha256)
+        if problem:
+            raise BundleIntegrityError(f"extracted {problem}; not installing it",
+                                       hint="the staging folder was changed while installing; install again")
+
+
 def _verify_kept_bundle(bundle_dir: Path) -> Manifest:
     """Re-check the kept (extracted) bundle against its manifest: every file's sha256."""
-    data = (bundle_dir / MANIFEST_NAME).read_bytes()
+    try:
+        data = (bundle_dir / MANIFEST_NAME).read_bytes()
+    except OSError as exc:
+        raise BundleIntegrityError(f"kept bundle {bundle_dir} has no readable {MANIFEST_NAME} ({exc.strerror})",
+                                   hint="install the bundle again from its .tar") from exc
     manifest = parse_manifest(data)
-    for name, entry in manifest.files.items():
-        p = bundle_dir / name
-        if not p.is_file() or p.stat().st_size != entry.size or sha256_file(p) != entry.sha256:
-            raise BundleIntegrityError(
-                f"kept bundle file {p} does not match its manifest (changed or damaged on disk)",
-                hint="install the bundle again from its .tar",
-            )
+    for name, entry in sorted(manifest.files.items()):
+        problem = _file_problem(bundle_dir / name, entry.size, entry.sha256)
+        if problem:
+            raise BundleIntegrityError(f"kept bundle file {problem}", hint="install the bundle again from its .tar")
     return manifest
+
+
+def _build_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a build folder (relative paths), except release.json, which records them."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != RELEASE_FILE and not p.relative_to(folder).as_posix().startswith(".")}
+
+
+def release_problems(root: InstallRoot, info: dict[str, Any]) -> tuple[list[str], int, list[str]]:
+    """Check an installed release from its bytes: the kept bundle against its manifest (and the manifest against
+    the one the release was built from), and every file of the build against the hashes recorded when it was
+    built. Returns (problems, files checked, notes on what could not be checked)."""
+    problems: list[str] = []
+    notes: list[str] = []
+    checked = 0
+    bundle_dir = root.root / str(info.get("bundle", ""))
+    build = root.root / str(info.get("release", ""))
+    manifest: Manifest | None = None
+    try:
+        manifest = _verify_kept_bundle(bundle_dir)
+        checked += len(manifest.files)
+        if info.get("manifest_sha256") and sha256_bytes(manifest.to_bytes()) != info["manifest_sha256"]:
+            problems.append(f"{bundle_dir / MANIFEST_NAME} is not the manifest this release was built from")
+    except (BundleIntegrityError, InputError) as exc:
+        problems.append(exc.message)
+    recorded = info.get("files")
+    if isinstance(recorded, dict):
+        for name, digest in sorted(recorded.items()):
+            problem = _file_problem(build / name, None, str(digest), "the sha256 recorded when it was built")
+            checked += 1
+            if problem:
+                problems.append(f"served {problem}")
+    else:
+        served = str(info.get("served", ""))
+        source = (info.get("build") or {}).get("source")
+        entry = manifest.files.get(source) if manifest is not None and source else None
+        if entry is not None:
+            checked += 1
+            problem = _file_problem(build / served, entry.size, entry.sha256)
+            if problem:
+                problems.append(f"served {problem}")
+        else:
+            notes.append(f"{build / served} not hash-checked: this release predates recorded build hashes")
+    return problems, checked, notes
 
 
 def _runner_fn(path: Path, backend: str, target: str) -> tuple[Any, Any]:
@@ -565,6 +663,7 @@ def _build_and_verify(root: InstallRoot, bundle_dir: Path, manifest: Manifest, k
         "bundle": root.rel(bundle_dir),
         "manifest_sha256": sha256_bytes(manifest.to_bytes()),
         "served": built["served"],
+        "files": _build_hashes(tmp),
         "build": {k: v for k, v in built.items() if k != "served"},
         "smoke": smoke.to_dict(),
         "device": device.to_dict(),
@@ -573,10 +672,14 @@ def _build_and_verify(root: InstallRoot, bundle_dir: Path, manifest: Manifest, k
     }
     _write_json(tmp / RELEASE_FILE, release)
     _fsync_dir(tmp)
-    if final.exists():
-        _rmtree(final)
+    old = root.staging / f"{op}-replaced-build"
+    if final.exists():  # a rebuild or a repair: move the old build aside (one rename), never delete it in place
+        root.staging.mkdir(parents=True, exist_ok=True)
+        _rmtree(old)
+        os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
+    _rmtree(old)
     return final, smoke
 
 
@@ -585,32 +688,59 @@ def _build_and_verify(root: InstallRoot, bundle_dir: Path, manifest: Manifest, k
 
 def _existing_root(root_dir: Path) -> InstallRoot:
     root = InstallRoot(root_dir)
-    if not root.root.is_dir():
-        raise InputError(f"install root {root.root} does not exist", hint="vqz-edge install BUNDLE --root DIR --key PUB")
+    require_dir(root.root, "install root", hint="vqz-edge install BUNDLE --root DIR --key PUB")
     return root
 
 
 def _recover(root: InstallRoot) -> list[str]:
     """Finish or undo an operation a crash interrupted; one note per recovered operation."""
+    try:
+        recovered = root.recover()
+    except OSError as exc:
+        raise storage_error(exc, root.root, "recovering an interrupted operation in") from exc
     return [f"recovered interrupted operation {r['op_id']} (it stopped after '{r['interrupted_at']}')"
-            for r in root.recover()]
+            for r in recovered]
 
 
 def _new_op() -> str:
     return f"{time.time_ns()}-{os.getpid()}"
 
 
+def _record_failure(root: InstallRoot, op: str, kind: str, reason: str, error: str) -> None:
+    try:
+        root.journal.append(op, kind, "failed", reason=reason, error=error)
+    except OSError as exc:  # a full or read-only disk also refuses the journal line: the next run recovers
+        _log.warning("could not journal the failure of %s %s: %s", kind, op, exc)
+
+
+def _clean_after_failure(root: InstallRoot, op: str, created: list[Path] | None = None) -> None:
+    """Remove this operation's staging and unfinished build folders (they would fill the disk until the next run)
+    and the release folders it ``created`` that ``current`` does not point into."""
+    cur = root.current_release()
+    fresh = [p for p in created or [] if p.exists() and (cur is None or p not in (cur, *cur.parents))]
+    for p in [*root.staging.glob(f"{op}*"), *root.releases.glob(f"*/builds/.tmp-*-{op}"), *fresh]:
+        try:
+            _rmtree(p)
+        except OSError as exc:
+            _log.warning("could not remove %s: %s (the next install removes it)", p, exc)
+
+
 @contextlib.contextmanager
-def _journalled(root: InstallRoot, op: str, kind: str) -> Iterator[None]:
+def _journalled(root: InstallRoot, op: str, kind: str, created: list[Path] | None = None) -> Iterator[None]:
+    """Journal a failure and clean up after it; ``created``: folders the operation adds (removed on failure)."""
     try:
         yield
     except VqzError as exc:
-        root.journal.append(op, kind, "failed", reason=exc.message, error=type(exc).__name__)
-        for p in [*root.staging.glob(f"{op}*"), *root.releases.glob(f"*/builds/.tmp-*-{op}")]:
-            _rmtree(p)
+        _record_failure(root, op, kind, exc.message, type(exc).__name__)
+        _clean_after_failure(root, op, created)
         raise
+    except OSError as exc:  # disk full, read-only, permissions: an error of the tree, naming the path
+        err = storage_error(exc, root.root)
+        _record_failure(root, op, kind, err.message, type(err).__name__)
+        _clean_after_failure(root, op, created)
+        raise err from exc
     except BaseException as exc:  # noqa: BLE001 -- record any failure (incl. KeyboardInterrupt), then re-raise
-        root.journal.append(op, kind, "failed", reason=f"{type(exc).__name__}: {exc}", error=type(exc).__name__)
+        _record_failure(root, op, kind, f"{type(exc).__name__}: {exc}", type(exc).__name__)
         raise
 
 
@@ -629,17 +759,32 @@ def _install_verified(root: InstallRoot, vb_manifest: Manifest, bundle_dir: Path
     _crash_point("before_switch")
     root.switch(build)
     _crash_point("after_switch")
-    root.journal.append(op, kind, "switched", bundle_id=vb_manifest.bundle_id, device_key=key, release=root.rel(build))
-    info = root.release_info(build)
-    assert info is not None  # written by _build_and_verify
-    hist = state["history"]
-    if hist and hist[-1]["bundle_id"] == vb_manifest.bundle_id:
-        hist[-1] = _history_entry(info)  # same release rebuilt for this device (upgrade): replaces its old build
-    else:
-        hist.append(_history_entry(info))
-    state["highest_bundle_version"] = max(int(state["highest_bundle_version"]), vb_manifest.bundle_version)
-    root.write_state(state)
+    with _after_switch(root, build):
+        root.journal.append(op, kind, "switched", bundle_id=vb_manifest.bundle_id, device_key=key, release=root.rel(build))
+        info = root.release_info(build)
+        assert info is not None  # written by _build_and_verify
+        hist = state["history"]
+        if hist and hist[-1]["bundle_id"] == vb_manifest.bundle_id:
+            hist[-1] = _history_entry(info)  # same release rebuilt for this device (upgrade): replaces its old build
+        else:
+            hist.append(_history_entry(info))
+        state["highest_bundle_version"] = max(int(state["highest_bundle_version"]), vb_manifest.bundle_version)
+        root.write_state(state)
     return build, smoke
+
+
+@contextlib.contextmanager
+def _after_switch(root: InstallRoot, build: Path) -> Iterator[None]:
+    """Bookkeeping after ``current`` was switched: a write that fails here (disk full) is reported as such, saying
+    that the new, verified release is already current and the next run completes state.json."""
+    try:
+        yield
+    except (OSError, StorageError) as exc:
+        err = exc if isinstance(exc, StorageError) else storage_error(exc, root.state_path)
+        raise type(err)(
+            f"{err.message}; {root.rel(build)} (verified) is already current, only the bookkeeping is behind",
+            hint="free space; the next install/rollback completes state.json (vqz-edge status shows where current is)",
+        ) from exc
 
 
 def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = InstallOptions(), *,
@@ -647,24 +792,39 @@ def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = Insta
     """Install ``bundle`` into ``root_dir`` (see the module docstring for the order of steps)."""
     from .signing import load_public_key
 
-    t0 = time.monotonic()
     bundle = Path(bundle)
-    if not bundle.is_file():
-        raise InputError(f"bundle {bundle} does not exist")
+    require_file(bundle, "bundle", hint="give the bundle .tar that 'vqz-edge bundle' wrote")
     public_key = load_public_key(options.public_key) if options.public_key else None
     if public_key is None and not options.allow_unsigned:
         raise InstallRefusedError(
             "no --key given: the bundle's signature cannot be verified, and unsigned installs are refused",
             hint="pass --key SIGNER.pub (or --allow-unsigned, not recommended)",
         )
+    with _open_bundle(bundle) as fh:  # every pass reads this one open file: renaming another over the path changes nothing
+        return _install_open_bundle(bundle, fh, root_dir, options, public_key, progress)
+
+
+def _open_bundle(bundle: Path) -> BinaryIO:
+    fd = os.open(bundle, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in must not block
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"bundle {bundle} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _install_open_bundle(bundle: Path, fh: BinaryIO, root_dir: Path, options: InstallOptions, public_key: Any,
+                         progress: ProgressFactory | None) -> InstallResult:
+    t0 = time.monotonic()
     root = InstallRoot(root_dir)
     with root.locked():
         notes = _recover(root)
         op, kind = _new_op(), "install"
         root.journal.append(op, kind, "start", bundle=str(bundle))
-        with _journalled(root, op, kind):
+        created: list[Path] = []
+        with _journalled(root, op, kind, created):
             # 1. verify everything before writing anything
-            vb: VerifiedBundle = verify_bundle(bundle, public_key, allow_unsigned=options.allow_unsigned)
+            vb: VerifiedBundle = verify_bundle(fh, public_key, allow_unsigned=options.allow_unsigned)
             m = vb.manifest
             if vb.signature != "verified":
                 notes.append(f"WARNING: bundle signature {vb.signature.upper()} (--allow-unsigned)")
@@ -679,7 +839,12 @@ def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = Insta
             check_range(m, device, backend)
             cur = root.current_info()
             previous = cur["release"] if cur else None
+            damaged: list[str] = []
             if cur and cur["bundle_id"] == m.bundle_id and cur["device_key"] == key and not options.force:
+                damaged = release_problems(root, cur)[0]
+                if damaged:
+                    notes.append(f"the current release is damaged: {'; '.join(damaged)}; repairing it")
+            if cur and cur["bundle_id"] == m.bundle_id and cur["device_key"] == key and not options.force and not damaged:
                 root.journal.append(op, kind, "noop", bundle_id=m.bundle_id, device_key=key)
                 return InstallResult("noop", m.bundle_id, m.bundle_version, key, backend, cur["release"], previous,
                                      vb.signature, vb.key_id, None, device,
@@ -687,6 +852,8 @@ def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = Insta
                                      time.monotonic() - t0)
             # 3. extract (verifying again while writing) and move under releases/
             bundle_dir = root.bundle_dir(m.bundle_id)
+            if not bundle_dir.parent.exists():
+                created.append(bundle_dir.parent)  # a failed install removes the release folder it added
             reuse = False
             if (bundle_dir / MANIFEST_NAME).is_file() and (bundle_dir / MANIFEST_NAME).read_bytes() == vb.manifest_bytes:
                 try:
@@ -698,8 +865,10 @@ def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = Insta
             if not reuse:
                 stage = root.staging / op
                 (stage / "bundle").mkdir(parents=True)
-                verify_bundle(bundle, public_key, allow_unsigned=options.allow_unsigned, dest=stage / "bundle")
+                fh.seek(0)
+                verify_bundle(fh, public_key, allow_unsigned=options.allow_unsigned, dest=stage / "bundle", expected=vb)
                 (stage / "bundle" / MANIFEST_NAME).write_bytes(vb.manifest_bytes)
+                _check_extracted(stage / "bundle", m)
                 _fsync_dir(stage / "bundle")
                 bundle_dir.parent.mkdir(parents=True, exist_ok=True)
                 if bundle_dir.exists():
@@ -715,10 +884,11 @@ def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = Insta
             # 4. build (or reuse a verified build), verify, switch
             _build, smoke = _install_verified(root, m, bundle_dir, device, backend, key, op, kind, state, progress,
                                              options.targets_files)
-            removed = root.prune(options.keep)
-            if removed:
-                notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
-            root.journal.append(op, kind, "done", bundle_id=m.bundle_id, device_key=key)
+            with _after_switch(root, _build):
+                removed = root.prune(options.keep)
+                if removed:
+                    notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
+                root.journal.append(op, kind, "done", bundle_id=m.bundle_id, device_key=key)
             return InstallResult("installed", m.bundle_id, m.bundle_version, key, backend, root.rel(_build), previous,
                                  vb.signature, vb.key_id, smoke, device, tuple(notes), time.monotonic() - t0)
 
@@ -749,12 +919,16 @@ def refresh(root_dir: Path, options: InstallOptions = InstallOptions(), *,
                 engine_ok = header.matches(device.tensorrt)
                 if not engine_ok:
                     notes.append(f"engine was built by TensorRT {header.version_text}, device runs {device.tensorrt}")
-            if cur["device_key"] == key and engine_ok and not options.force:
+            damaged = release_problems(root, cur)[0] if cur["device_key"] == key else []
+            if cur["device_key"] == key and engine_ok and not options.force and not damaged:
                 root.journal.append(op, kind, "noop", bundle_id=m.bundle_id, device_key=key)
                 return InstallResult("noop", m.bundle_id, m.bundle_version, key, backend, cur["release"], cur["release"],
                                      None, None, None, device, (*notes, "current release matches this device"),
                                      time.monotonic() - t0)
-            notes.append(f"device changed since the current release was built: {cur['device_key']} -> {key}")
+            if damaged:
+                notes.append(f"the current build is damaged ({'; '.join(damaged)}): rebuilding it from the kept bundle")
+            elif cur["device_key"] != key:
+                notes.append(f"device changed since the current release was built: {cur['device_key']} -> {key}")
             notes += check_target(m, device, backend, options.device_target, options.targets_files)
             check_range(m, device, backend)
             root.journal.append(op, kind, "verified", bundle_id=m.bundle_id, bundle_version=m.bundle_version)
@@ -809,8 +983,12 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
             key = device.key(backend)
             build = root.build_dir(m.bundle_id, key)
             root.journal.append(op, kind, "verified", bundle_id=m.bundle_id, bundle_version=m.bundle_version, device_key=key)
-            if (build / RELEASE_FILE).is_file():
-                info = root.release_info(build) or {}
+            kept_info = root.release_info(build) if (build / RELEASE_FILE).is_file() else None
+            damaged = release_problems(root, kept_info)[0] if kept_info is not None else []
+            if damaged:
+                notes.append(f"the previous build is damaged ({'; '.join(damaged)}): rebuilding it")
+            if kept_info is not None and not damaged:
+                info = kept_info
                 served = build / info.get("served", "model.onnx") if backend == "onnxruntime" else build
                 smoke = _smoke_test(served, backend, m, bundle_dir)
                 if not smoke.passed:
@@ -820,7 +998,8 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
                     )
                 root.journal.append(op, kind, "release_verified", bundle_id=m.bundle_id, device_key=key, release=root.rel(build))
             else:
-                notes.append(f"previous release was built for {prev['device_key']}; rebuilding it for {key}")
+                if not damaged:
+                    notes.append(f"previous release was built for {prev['device_key']}; rebuilding it for {key}")
                 check_range(m, device, backend)
                 build, smoke = _build_and_verify(root, bundle_dir, m, key, backend, device, op, kind, progress,
                                                  options.targets_files)
@@ -840,8 +1019,12 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
                                  None, None, smoke, device, tuple(notes), time.monotonic() - t0)
 
 
-def status(root_dir: Path) -> dict[str, Any]:
-    """What is installed, what happened last, and whether an operation was interrupted. Read-only."""
+def status(root_dir: Path, *, verify: bool = True) -> dict[str, Any]:
+    """What is installed, what happened last, and whether an operation was interrupted. Read-only.
+
+    With ``verify`` (the default) the current release is checked from its bytes (``release_problems``): the kept
+    bundle against its manifest and every served file against the hashes recorded at build time; ``healthy`` is
+    false when anything differs. Without it, ``integrity.checked`` is false and says so."""
     root = _existing_root(root_dir)
     cur_path = root.current_release()
     cur = root.release_info(cur_path) if cur_path else None
@@ -860,6 +1043,13 @@ def status(root_dir: Path) -> dict[str, Any]:
             builds = sorted(b.name for b in (d / "builds").glob("*") if not b.name.startswith(".")) if (d / "builds").is_dir() else []
             releases.append({"bundle_id": d.name, "builds": builds})
     healthy = bool(cur is not None and (root.root / cur["release"] / cur["served"]).exists())
+    integrity: dict[str, Any] = {"checked": False, "files": 0, "problems": [], "notes": []}
+    if cur is not None and verify:
+        problems, checked, notes = release_problems(root, cur)
+        integrity = {"checked": True, "files": checked, "problems": problems, "notes": notes}
+        healthy = healthy and not problems
+    elif cur is not None:
+        integrity["notes"] = ["not verified (--no-verify): the files were not hashed"]
     return {
         "root": str(root.root),
         "current": None if cur is None else {
@@ -869,6 +1059,7 @@ def status(root_dir: Path) -> dict[str, Any]:
             "smoke": cur.get("smoke"), "built_at": cur.get("built_at"),
         },
         "healthy": healthy,
+        "integrity": integrity,
         "current_link_dangling": dangling,
         "history": state["history"],
         "highest_bundle_version": state["highest_bundle_version"],
@@ -893,6 +1084,7 @@ __all__ = [
     "check_target",
     "install_bundle",
     "refresh",
+    "release_problems",
     "resolve_backend",
     "rollback",
     "status",

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, require_file
 from .errors import BundleIntegrityError
 
 PLAN_FILE_TAG = 0x74727466
@@ -61,8 +61,7 @@ def parse_plan_header(data: bytes, *, source: str = "plan") -> PlanHeader:
 
 def read_plan_header(path: Path) -> PlanHeader:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"engine file {path} does not exist")
+    require_file(path, "engine file")
     with open(path, "rb") as fh:
         return parse_plan_header(fh.read(HEADER_SIZE), source=str(path))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import InputError
+from ..errors import require_file
 from ..log import get_logger
 from .errors import BundleIntegrityError, InstallRefusedError
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
@@ -73,11 +73,20 @@ def _read_all(chunks: Iterator[bytes], limit: int, name: str) -> bytes:
     return bytes(buf)
 
 
+def _changed(what: str) -> BundleIntegrityError:
+    return BundleIntegrityError(
+        f"the bundle file changed while it was being installed ({what} differs from the pass that was verified)",
+        hint="another process is writing or replacing the bundle file; copy it somewhere private and install again",
+    )
+
+
 class _Verifier:
-    def __init__(self, public_key: Any | None, allow_unsigned: bool, dest: Path | None) -> None:
+    def __init__(self, public_key: Any | None, allow_unsigned: bool, dest: Path | None,
+                 expected: VerifiedBundle | None = None) -> None:
         self.public_key = public_key
         self.allow_unsigned = allow_unsigned
         self.dest = dest
+        self.expected = expected
         self.manifest_bytes: bytes | None = None
         self.signature_bytes: bytes | None = None
         self.manifest: Manifest | None = None
@@ -123,6 +132,8 @@ class _Verifier:
     def __call__(self, name: str, size: int, chunks: Iterator[bytes]) -> None:
         if name == MANIFEST_NAME:
             self.manifest_bytes = _read_all(chunks, MAX_MANIFEST, name)
+            if self.expected is not None and self.manifest_bytes != self.expected.manifest_bytes:
+                raise _changed(MANIFEST_NAME)
             return
         if name == SIGNATURE_NAME:
             if self.manifest_bytes is None:
@@ -160,6 +171,8 @@ class _Verifier:
         if missing:
             raise BundleIntegrityError(f"bundle is missing file(s) listed in its manifest: {missing}")
         assert self.manifest_bytes is not None  # set by _authenticate
+        if self.expected is not None and (scan.sha256, scan.size) != (self.expected.sha256, self.expected.size):
+            raise _changed("the file's sha256")
         return VerifiedBundle(manifest, self.manifest_bytes, self.signature, self.key_id, scan.size, scan.sha256)
 
 
@@ -169,21 +182,25 @@ def verify_bundle(
     *,
     allow_unsigned: bool = False,
     dest: Path | None = None,
+    expected: VerifiedBundle | None = None,
 ) -> VerifiedBundle:
     """Verify ``source`` (a path, the bundle bytes or a binary file object); extract into ``dest`` if given.
+
+    ``expected``: the result of an earlier pass over the same source (e.g. the same open file, rewound): this
+    pass must then see exactly those manifest bytes and that whole-file sha256, so every file it extracts is
+    checked against the manifest that was verified, never against one that appeared in between.
 
     ``public_key``: an Ed25519 public key (``signing.load_public_key``). Without it, only
     ``allow_unsigned=True`` accepts the bundle (its signature, if any, is then *not* checked).
     Raises BundleIntegrityError (tampering, corruption, unsafe entries) or InstallRefusedError (unsigned).
     With ``dest``, files are written there while they are verified; on error the caller removes ``dest``.
     """
-    verifier = _Verifier(public_key, allow_unsigned, dest)
+    verifier = _Verifier(public_key, allow_unsigned, dest, expected)
     if isinstance(source, bytes):
         scan = scan_tar(io.BytesIO(source), verifier)
     elif isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise InputError(f"bundle {path} does not exist")
+        require_file(path, "bundle")
         with open(path, "rb") as fh:
             scan = scan_tar(fh, verifier)
     else:

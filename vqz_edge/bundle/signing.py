@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DependencyError, InputError
-from ..fsutil import atomic_path, canonical_json
+from ..errors import DependencyError, InputError, require_file
+from ..fsutil import canonical_json, write_set
 from .errors import BundleIntegrityError
 
 ALGORITHM = "ed25519"
@@ -66,19 +66,23 @@ def generate_keypair(prefix: Path, *, force: bool = False) -> KeyPair:
     pub = key.public_key()
     pub_pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    with atomic_path(priv_path) as tmp:
+    def write_private(tmp: Path) -> None:
         os.chmod(tmp, 0o600)
         tmp.write_bytes(priv_pem)
-    with atomic_path(pub_path) as tmp:
+
+    def write_public(tmp: Path) -> None:
         tmp.write_bytes(pub_pem)
         os.chmod(tmp, 0o644)
+
+    # both files or neither: a private key without its public half is a key nobody can verify against
+    write_set(priv_path.parent, {priv_path.name: write_private, pub_path.name: write_public}, last=pub_path.name,
+              tag="keys")
     return KeyPair(priv_path, pub_path, key_id_of(raw))
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist")
+    require_file(path, what)
     return path.read_bytes()
 
 

@@ -35,6 +35,7 @@ CHUNK = 1 << 20
 FIXED_MTIME = 0
 FIXED_MODE = 0o644
 MAX_NAME = 100  # the USTAR name field; we never use the prefix field
+MAX_USTAR_SIZE = 8**11 - 1  # the largest size a canonical (plain USTAR, 11 octal digits) header holds
 _COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
 NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TYPE_NAMES = {
@@ -227,7 +228,7 @@ def scan_tar(fileobj: BinaryIO, handle: MemberHandler, *, max_member_size: int =
         if names and name.encode("utf-8") <= names[-1].encode("utf-8"):
             what = "appears twice" if name in names else f"is out of order (after {names[-1]!r})"
             raise BundleIntegrityError(f"bundle entry {name!r} {what}; bundle entries are sorted and unique")
-        if size > max_member_size:
+        if size > min(max_member_size, MAX_USTAR_SIZE):  # write_tar never writes more (11 octal digits)
             raise BundleIntegrityError(f"bundle entry {name!r} has an implausible size {size}")
         if head != _canonical_header(name, size):
             raise BundleIntegrityError(

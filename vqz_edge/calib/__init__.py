@@ -1,14 +1,13 @@
 """``vqz-edge calibrate``: INT8 entropy calibration on the CPU with ONNX Runtime.
 
-Outputs (in OUTDIR, each written atomically): calibration.cache (TensorRT text format), model.qdq.onnx
-(explicit quantization), histograms.npz, summary.json, plan.json.
+Outputs (in OUTDIR, written as one set, see outputs.py): calibration.cache (TensorRT text format),
+model.qdq.onnx (explicit quantization), histograms.npz, plan.json, and summary.json (last, with their sha256).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
 import time
 import zipfile
 from collections.abc import Sequence
@@ -20,20 +19,21 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..errors import InputError
-from ..fsutil import atomic_write_bytes, canonical_json, sha256_bytes
+from ..errors import CalibrationError, InputError
+from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
-from ..onnx_io import graph_inputs, load_model
+from ..onnx_io import check_spec_inputs, graph_inputs, load_model, require_finite_weights
 from ..policy.plan import ResolvedPlan
 from ..policy.resolve import Resolution, resolve_spec
 from ..progress import ProgressFactory
-from ..spec import CALIBRATION_METHODS, PrecisionRule
+from ..spec import CALIBRATION_METHODS, InputSpec, PrecisionRule
 from ..versions import parse_trt_version
 from .cache import CalibrationCache, cache_bytes
 from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data
 from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
+from .outputs import write_calibration_set
 from .qdq import QdqReport, insert_qdq
 from .thresholds import compute_amax
 
@@ -77,6 +77,7 @@ class CalibrationResult:
     qdq: QdqReport
     resolution: Resolution
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def plan(self) -> ResolvedPlan:
@@ -95,6 +96,7 @@ class CalibrationResult:
             "data": self.data,
             "qdq": self.qdq.to_dict(),
             "unmatched_rules": self.resolution.unmatched_rules,
+            "warnings": list(self.warnings),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -137,17 +139,6 @@ def load_histograms(path: Path) -> dict[str, AbsHistogram]:
     return out
 
 
-def _prepare_outdir(outdir: Path) -> Path:
-    outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output directory {outdir}: {exc.strerror}") from exc
-    if not os.access(outdir, os.W_OK):
-        raise InputError(f"output directory {outdir} is not writable", hint="choose another -o directory")
-    return outdir
-
-
 def calibrate(
     model_path: Path,
     data: str | Path,
@@ -160,16 +151,21 @@ def calibrate(
     model_name: str | None = None,
     finetune: FinetuneOptions | None = None,
     progress: ProgressFactory | None = None,
+    spec_inputs: Sequence[InputSpec] = (),
 ) -> CalibrationResult:
     """Calibrate ``model_path`` on ``data`` and write the artifacts to ``outdir``.
 
     ``preset`` ('cnn', 'vit', 'vlm-vision' or 'none') and ``rules`` resolve the precision plan that the Q/DQ
-    model follows; 'none' with no rules puts every quantizable layer in INT8.
+    model follows; 'none' with no rules puts every quantizable layer in INT8. ``spec_inputs``: the build spec's
+    [[inputs]], checked against the model before any work.
     """
     opts = options or CalibrationOptions()
     model_path = Path(model_path)
     model = load_model(model_path)
-    outdir = _prepare_outdir(outdir)
+    require_finite_weights(model, str(model_path))
+    if spec_inputs:
+        check_spec_inputs(spec_inputs, model, str(model_path))
+    outdir = check_output_dir(outdir)  # created only when the set is written: a failed run leaves no folder
     trt = parse_trt_version(opts.trt_version)
     infos = graph_inputs(model)
     if len(infos) != 1:
@@ -190,6 +186,7 @@ def calibrate(
     )
     t1 = time.perf_counter()
     amax = {n: compute_amax(h, opts.method, opts.percentile) for n, h in stats.histograms.items()}
+    warnings = check_ranges(amax, stats.histograms, source.description)
     t2 = time.perf_counter()
     tuned: FinetuneResult | None = None
     if finetune is None:
@@ -226,34 +223,54 @@ def calibrate(
                     "builds model.finetuned.onnx with calibration.finetuned.cache; calibration.cache and 'tensors' "
                     "stay the histogram thresholds of the original model",
         }
-    files = {
-        "cache": outdir / "calibration.cache",
-        "qdq": outdir / "model.qdq.onnx",
-        "histograms": outdir / "histograms.npz",
-        "summary": outdir / "summary.json",
-        "plan": outdir / "plan.json",
-    }
     payloads = {
         "cache": cache_bytes(cache),
         "qdq": qdq_model.SerializeToString(),
         "histograms": histograms_npz(stats.histograms),
-        "summary": canonical_json(summary).encode(),
         "plan": canonical_json(resolution.plan.to_dict()).encode(),
     }
     if tuned is not None:
-        files["finetuned"] = outdir / "model.finetuned.onnx"
         payloads["finetuned"] = tuned.model.SerializeToString()
-        files["finetuned_cache"] = outdir / "calibration.finetuned.cache"
         payloads["finetuned_cache"] = cache_bytes(CalibrationCache.from_amax(tuned.amax, trt.code))
-    for key, path in files.items():  # every payload is ready: a failure above wrote nothing
-        atomic_write_bytes(path, payloads[key])
+    # every payload is ready (a failure above wrote nothing); written as one set, summary.json last
+    files = write_calibration_set(outdir, payloads, summary)
     _log.info("calibrated %s: %d tensors, %d images -> %s", model_path, len(amax), stats.images, outdir)
     return CalibrationResult(
         outdir, files, amax, stats.images, stats.batches, opts.method, str(trt), trt.code, source.description,
         qrep, resolution,
         {"statistics": t1 - t0, "thresholds": t2 - t1, ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2,
          "total": time.perf_counter() - t0},
+        warnings,
     )
+
+
+# An activation range beyond the FP16 range cannot be served: every FP16 layer the tensor reaches overflows, and
+# an INT8 scale of amax/127 that large quantizes every ordinary value to 0.
+MAX_AMAX = 65504.0
+
+
+def check_ranges(amax: dict[str, float], hists: dict[str, AbsHistogram], data: str) -> list[str]:
+    """Refuse non-finite or absurd activation ranges (CalibrationError naming the tensor and its observed range);
+    return warnings for degenerate ones (a tensor that is 0 on every calibration sample)."""
+    warnings = []
+    for name in sorted(amax):
+        a, h = amax[name], hists[name]
+        observed = f"observed range [{h.min_value:g}, {h.max_value:g}] over {h.count} values of {data}"
+        if not math.isfinite(a):
+            raise CalibrationError(f"tensor {name!r}: amax is {a} ({observed})",
+                                   hint="the model or the data produce non-finite values; check both")
+        if a > MAX_AMAX:
+            raise CalibrationError(
+                f"tensor {name!r}: amax {a:g} is beyond the FP16 range +-{MAX_AMAX:g} ({observed}); an engine "
+                "cannot represent it and INT8 would round every ordinary value of it to 0",
+                hint="an outlier sample or a broken layer: check the calibration data and the FP32 model's outputs",
+            )
+        if a == 0.0:
+            warnings.append(f"tensor {name!r} is 0 on every calibration sample (amax 0, {observed}): its INT8 range "
+                            "is degenerate; check that the data exercise the model")
+    for w in warnings:
+        _log.warning("%s", w)
+    return warnings
 
 
 def model_calibration_tensors(model: onnx.ModelProto) -> list[str]:

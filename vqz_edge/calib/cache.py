@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, require_file
 from ..fsutil import atomic_write_bytes
 
 ALGORITHM = "EntropyCalibration2"
@@ -98,8 +98,7 @@ def write_cache(path: Path, cache: CalibrationCache) -> None:
 
 def read_cache(path: Path) -> CalibrationCache:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"calibration cache {path} does not exist")
+    require_file(path, "calibration cache")
     return parse_cache(path.read_bytes(), str(path))
 
 

@@ -4,6 +4,7 @@ batches and checked against the model's input before any work is done."""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import Preprocessing, demo_sources, folder_sources, iter_crops
-from ..errors import DataError
+from ..errors import DataError, describe_path
 from ..log import get_logger
 from ..onnx_io import TensorInfo
 
@@ -31,13 +32,54 @@ class DataSource:
     split: str = "calibration"
 
     def batches(self, batch: int) -> Iterator[np.ndarray]:
+        """Batches of at most ``batch`` samples, each checked on the way in (see ``checked_batches``)."""
+        if batch < 1:
+            raise DataError(f"batch size must be positive, got {batch}")
         if self.kind == "npy":
             assert self.path is not None
-            yield from _npy_batches(self.path, self.count, batch)
+            yield from checked_batches(_npy_batches(self.path, self.count, batch), self.description)
             return
         assert self.preprocessing is not None
         sources = demo_sources(self.split) if self.kind == "demo" else folder_sources(self.path)  # type: ignore[arg-type]
-        yield from iter_crops(sources, self.count, self.preprocessing, batch=batch)
+        yield from checked_batches(iter_crops(sources, self.count, self.preprocessing, batch=batch), self.description)
+
+
+# Input values beyond the FP16 range cannot be represented by an FP16 or INT8 engine (a scale of amax/127 with
+# amax above this overflows every FP16 layer it reaches): such data is a preprocessing error, not a range.
+MAX_ABS_INPUT = 65504.0
+
+
+def checked_batches(batches: Iterator[np.ndarray], where: str) -> Iterator[np.ndarray]:
+    """Pass ``batches`` through, refusing (DataError naming the sample and the position) a NaN/Inf value, a value
+    beyond +-65504, and, once the stream ends, data whose every value is the same (all zeros, a constant)."""
+    seen = 0
+    lo, hi = math.inf, -math.inf
+    for x in batches:
+        bad = ~np.isfinite(x)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataError(
+                f"{where}: sample {seen + at[0]} holds {x[at]} at position {list(at[1:])}; data must be finite",
+                hint="fix the preprocessing or drop that sample; NaN/Inf would poison every statistic computed from it",
+            )
+        if x.size:
+            mag = np.abs(x)
+            flat = int(np.argmax(mag))
+            if float(mag.flat[flat]) > MAX_ABS_INPUT:
+                at = tuple(int(i) for i in np.unravel_index(flat, x.shape))
+                raise DataError(
+                    f"{where}: sample {seen + at[0]} holds {float(x[at]):g} at position {list(at[1:])}, beyond the "
+                    f"+-{MAX_ABS_INPUT:g} an FP16/INT8 engine can represent",
+                    hint="the data is not preprocessed like the model's input (or is corrupt); check it",
+                )
+            lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+        seen += int(x.shape[0]) if x.ndim else 1
+        yield x
+    if seen and lo == hi:
+        raise DataError(
+            f"{where}: every value of all {seen} samples is {lo:g}; degenerate data gives no range to calibrate "
+            "or evaluate with", hint="give real samples (e.g. --data demo or a folder of photos)",
+        )
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -48,8 +90,8 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        except ValueError as exc:
-            raise DataError(f"cannot read {path} as a .npy array: {exc}") from exc
+        except (ValueError, EOFError) as exc:
+            raise DataError(f"cannot read {path} as a .npy array: {exc or 'the file is empty'}") from exc
         if fortran:
             raise DataError(f"{path} is stored in Fortran order; save it with np.save(np.ascontiguousarray(x))")
         return tuple(shape), np.dtype(dtype), fh.tell()
@@ -80,6 +122,8 @@ def _file_digest(paths: list[Path]) -> str:
 def open_data(spec: str | Path, model_input: TensorInfo, *, count: int | None, split: str = "calibration") -> DataSource:
     """Resolve ``--data`` ('demo', a folder of images, or FILE.npy) for a model input and check it fits."""
     shape = tuple(model_input.shape)
+    if count is not None and count < 1:
+        raise DataError(f"asked for {count} samples; the sample count must be positive")
     if len(shape) != 4:
         raise DataError(
             f"model input {model_input.name!r} has shape {list(shape)}; image data feeds 4-D inputs (N,C,H,W)",
@@ -89,7 +133,8 @@ def open_data(spec: str | Path, model_input: TensorInfo, *, count: int | None, s
     if text.lower().endswith(".npy"):
         path = Path(text)
         if not path.is_file():
-            raise DataError(f"data file {path} does not exist")
+            kind = describe_path(path)
+            raise DataError(f"data file {path} " + ("does not exist" if kind.startswith("nothing") else f"is {kind}, not a file"))
         fshape, dtype, _ = _npy_header(path)
         if not np.issubdtype(dtype, np.floating):
             raise DataError(f"{path} has dtype {dtype}; expected preprocessed float data (N,C,H,W)")

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
-from ..errors import InputError
+from ..errors import InputError, VerificationError, require_file
 from ..onnx_io import graph_inputs, graph_outputs
 from ..progress import ProgressFactory, make_bar
 
@@ -32,7 +32,7 @@ class _OutputAccumulator:
     classifier: bool = False
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r, g, signal, noise = compare_rows(ref, got, f"output {self.name!r}")
+        r, g, signal, noise = compare_rows(ref, got, f"output {self.name!r}", self.samples)
         self.signal += float(signal.sum())
         self.noise += float(noise.sum())
         self.cosine_sum += float(np.sum(row_cosine(r, g)))
@@ -65,11 +65,22 @@ class _OutputAccumulator:
         return out
 
 
-def compare_rows(ref: np.ndarray, got: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def compare_rows(ref: np.ndarray, got: np.ndarray, what: str, first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reference and candidate batches as float64 (N, D) rows, with each row's signal and noise energy.
-    ``what`` names the output in the shape-mismatch error."""
+    ``what`` names the output in the errors; ``first``: the index of the batch's first sample in the stream.
+    A NaN/Inf in either output is refused (VerificationError naming the model, output and sample): a model that
+    produces NaN is never "identical" to another one."""
     if ref.shape != got.shape:
         raise InputError(f"{what}: reference shape {ref.shape} != candidate shape {got.shape}")
+    for role, arr in (("reference", ref), ("candidate", got)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+            raise VerificationError(
+                f"{what}: the {role} model produced {arr.reshape(-1)[int(np.argmax(bad.reshape(-1)))]} (non-finite) "
+                f"on sample {first + row}; its fidelity cannot be measured",
+                hint=f"the {role} model is broken (NaN/Inf weights or an overflow): export or calibrate it again",
+            )
     r = ref.astype(np.float64).reshape(ref.shape[0], -1)
     g = got.astype(np.float64).reshape(got.shape[0], -1)
     return r, g, np.sum(r * r, axis=1), np.sum((r - g) ** 2, axis=1)
@@ -280,6 +291,7 @@ def retrieval_evaluate(
     c = embed(candidate, feeds)
     if r.shape != c.shape:
         raise InputError(f"embedding shapes differ: reference {r.shape}, candidate {c.shape}")
+    compare_rows(r, c, "embeddings")  # refuses NaN/Inf from either model, naming the sample
     if r.shape[0] != labels.shape[0]:
         raise InputError(f"{r.shape[0]} embeddings but {labels.shape[0]} labels")
     counts = {x: int(np.sum(labels == x)) for x in set(labels.tolist())}
@@ -331,8 +343,7 @@ def text_retrieval_data(spec: str | Path, tokenizer: Path | None, input_names: S
         where = f"built-in set of {len(pairs)} paraphrase pairs + {len(negatives)} hard-negative distractors"
     else:
         path = Path(spec)
-        if not path.is_file():
-            raise DataError(f"text data {path} does not exist", hint="one tab-separated paraphrase pair per line")
+        require_file(path, "text data", error=DataError, hint="one tab-separated paraphrase pair per line")
         pairs = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():

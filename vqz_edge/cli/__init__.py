@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import numbers
 import os
 import sys
 from collections.abc import Sequence
@@ -16,8 +18,9 @@ from types import ModuleType
 from typing import Any
 
 from .. import __version__
-from ..errors import DependencyError, VqzError
+from ..errors import DependencyError, VerificationError, VqzError, storage_error
 from ..log import configure
+from . import options
 
 # The workstation stages (torch export, calibration, sensitivity, VLMs, reports) need Python 3.10+; everything else
 # is the device side and runs on JetPack 5's Python 3.8 as well.
@@ -70,8 +73,8 @@ def add_finetune_args(p: argparse.ArgumentParser, title: str, when: str) -> argp
                    help=f"{when}, train the INT8 weights and activation ranges to reproduce the FP32 outputs on fresh "
                    "calibration crops (distillation, no labels; torch on the CPU, ~3.5 min per 4096 MobileNetV2 "
                    "samples on 2 cores); also writes model.finetuned.onnx and calibration.finetuned.cache")
-    f.add_argument("--finetune-samples", type=int, default=4096, help="calibration samples, one pass (default 4096)")
-    f.add_argument("--finetune-lr", type=float, default=1e-5, help="Adam step for weights (default 1e-5)")
+    f.add_argument("--finetune-samples", type=options.positive_int, default=4096, help="calibration samples, one pass (default 4096)")
+    f.add_argument("--finetune-lr", type=options.positive_float, default=1e-5, help="Adam step for weights (default 1e-5)")
     return f
 
 
@@ -84,8 +87,37 @@ def finetune_options(args: argparse.Namespace) -> Any:
     return FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr)
 
 
+def _nonfinite_at(obj: Any, where: str = "$") -> str | None:
+    """The JSON path of the first NaN/Inf in ``obj`` (None when every number is finite)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            hit = _nonfinite_at(v, f"{where}.{k}")
+            if hit:
+                return hit
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            hit = _nonfinite_at(v, f"{where}[{i}]")
+            if hit:
+                return hit
+    elif isinstance(obj, numbers.Real) and not isinstance(obj, int) and not math.isfinite(float(obj)):
+        return f"{where} = {float(obj)}"
+    return None
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Print ``obj`` as one strict JSON object: a NaN/Inf is refused (it is not JSON), never printed."""
+    bad = _nonfinite_at(obj)
+    if bad:
+        raise VerificationError(f"the result holds a non-finite number ({bad}); refusing to report it as valid",
+                                hint="an input, a weight or an output is NaN/Inf: check the model and the data")
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+
+
+def _fail(args: argparse.Namespace, exc: VqzError) -> int:
+    if getattr(args, "json", False):
+        emit_json({"error": exc.message, "hint": exc.hint, "type": type(exc).__name__, "exit_code": exc.exit_code})
+    print(f"vqz-edge {args.command}: error: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,15 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return int(args.func(args) or 0)
     except VqzError as exc:
-        if getattr(args, "json", False):
-            emit_json({"error": exc.message, "hint": exc.hint, "type": type(exc).__name__, "exit_code": exc.exit_code})
-        print(f"vqz-edge {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, exc)
     except BrokenPipeError:  # e.g. piped into head: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- silence the flush at exit
         return 0
+    except OSError as exc:  # disk full, read-only, a path of the wrong kind: a message, never a traceback
+        return _fail(args, storage_error(exc, action="accessing"))
     except KeyboardInterrupt:
-        print("vqz-edge: interrupted; nothing was written", file=sys.stderr)
+        print("vqz-edge: interrupted; no artifact was left half-written (a set interrupted while being switched "
+              "into place is refused when it is read)", file=sys.stderr)
         return 130
 
 

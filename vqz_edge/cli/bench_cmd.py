@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from . import add_common
@@ -19,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("model", metavar="ENGINE_OR_ONNX", type=Path, help="engine directory, .engine file, or .onnx")
     g = p.add_argument_group("benchmark")
-    g.add_argument("--batch", "-b", type=int, default=1, help="batch size (default 1)")
-    g.add_argument("--iterations", "-n", type=int, default=100, help="timed iterations (default 100)")
-    g.add_argument("--warmup", "-w", type=int, default=10, help="untimed warm-up iterations (default 10)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    g.add_argument("--batch", "-b", type=options.positive_int, default=1, help="batch size (default 1)")
+    g.add_argument("--iterations", "-n", type=options.positive_int, default=100, help="timed iterations (default 100)")
+    g.add_argument("--warmup", "-w", type=options.nonnegative_int, default=10, help="untimed warm-up iterations (default 10)")
+    g.add_argument("--seed", type=options.nonnegative_int, default=0, help="seed of the random inputs (default 0)")
     add_runtime_options(p)
     add_common(p)
     p.set_defaults(func=run)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from . import add_common
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("spec", type=Path, metavar="SPEC", help="build spec (TOML)")
     t = p.add_argument_group("target")
     t.add_argument("--target", help="target name (vqz-edge targets); default: the spec's only build.targets entry")
-    t.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N, layers DLA cannot run fall back to the GPU")
+    t.add_argument("--dla-core", type=options.nonnegative_int, metavar="N", help="run on DLA core N, layers DLA cannot run fall back to the GPU")
     t.add_argument("--allow-gpu-mismatch", action="store_true",
                    help="build although this GPU is not the target's (the engine only runs on GPUs like this one)")
     m = p.add_argument_group("precision")

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from . import add_common
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b = p.add_argument_group("bundle")
     b.add_argument("--target", metavar="T", help="target module, e.g. orin-nx-16gb (see vqz-edge targets)")
     b.add_argument("-o", "--output", type=Path, metavar="BUNDLE.tar", help="bundle file to write (atomically)")
-    b.add_argument("--bundle-version", type=int, default=1, metavar="N",
+    b.add_argument("--bundle-version", type=options.positive_int, default=1, metavar="N",
                    help="monotonically increasing release number; devices refuse versions lower than installed (default 1)")
     b.add_argument("--calibration-dir", type=Path, metavar="DIR",
                    help="where model.onnx, model.qdq.onnx, calibration.cache, plan.json, fidelity.json are "
@@ -35,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="JetPack releases the device may run (default: those shipping the target's TensorRT line)")
     add_targets_file(b)
     s = p.add_argument_group("smoke test")
-    s.add_argument("--smoke-samples", type=int, default=4, help="reference samples shipped (default 4)")
-    s.add_argument("--smoke-min-cosine", type=float, default=None, metavar="C",
+    s.add_argument("--smoke-samples", type=options.positive_int, default=4, help="reference samples shipped (default 4)")
+    s.add_argument("--smoke-min-cosine", type=options.unit_fraction, default=None, metavar="C",
                    help="per-sample cosine similarity to the FP32 reference outputs the device build must reach "
                    "(default: what the served model reaches on this host minus 0.02)")
     k = p.add_argument_group("signing")

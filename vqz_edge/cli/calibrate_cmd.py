@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,12 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("model", type=Path, metavar="MODEL.onnx", help="FP32 ONNX (BatchNorm folded: vqz-edge export)")
     d = p.add_argument_group("data")
     d.add_argument("--data", help="folder of images, a preprocessed FILE.npy (N,C,H,W), or 'demo' (bundled photos)")
-    d.add_argument("--num-images", type=int, help="calibration samples to use (default 256)")
-    d.add_argument("--batch-size", type=int, help="samples per ONNX Runtime run (default 8); peak memory scales with it, not with --num-images")
+    d.add_argument("--num-images", type=options.positive_int, help="calibration samples to use (default 256)")
+    d.add_argument("--batch-size", type=options.positive_int, help="samples per ONNX Runtime run (default 8); peak memory scales with it, not with --num-images")
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
                    help="threshold per tensor (default entropy); auto = MSE for non-negative tensors, entropy for signed")
-    m.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
+    m.add_argument("--percentile", type=options.float_range(50.0, 100.0, low_open=True), help="for --method percentile (default 99.99)")
     t = p.add_argument_group("target")
     t.add_argument("--trt-version", help="TensorRT version of the device, stamps the cache header (default 10.3.0)")
     t.add_argument("--target", help="a target from 'vqz-edge targets': its default JetPack's TensorRT version")
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         opts = CalibrationOptions(
             method=args.method or cs.method,
             percentile=args.percentile if args.percentile is not None else cs.percentile,
-            num_images=args.num_images or cs.num_images,
-            batch_size=args.batch_size or cs.batch_size,
+            num_images=cs.num_images if args.num_images is None else args.num_images,
+            batch_size=cs.batch_size if args.batch_size is None else args.batch_size,
             trt_version=_trt_version(args) or "10.3.0",
         )
         finetune = finetune_options(args)
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, data, outdir, opts, rules=spec.precision.rules if spec else (), model_name=name,
         preset=args.preset or (spec.precision.preset if spec else "cnn"),
         default_precision=spec.precision.default if spec else "int8", finetune=finetune,
+        spec_inputs=spec.inputs if spec else (),
         progress=None if args.quiet or args.json else tqdm_factory,
     )
     if args.json:
@@ -106,4 +108,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {key:10s} {path}")
     for rule in result.resolution.unmatched_rules:
         print(f"  WARNING: precision rule matched no layer: {rule}")
+    for warning in result.warnings:
+        print(f"  WARNING: {warning}")
     return 0

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import options
+
 EXIT_DOES_NOT_FIT = 7
 
 
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="use the memory free on this machine now (jtop on a Jetson, else /proc/meminfo) instead of the "
                    "catalog RAM minus the OS reserve")
     m = p.add_argument_group("model (estimates for spec/.onnx)")
-    m.add_argument("--batch", type=int, help="max batch to size activations and I/O for (default: spec max_shape, else 1)")
+    m.add_argument("--batch", type=options.positive_int, help="max batch to size activations and I/O for (default: spec max_shape, else 1)")
     m.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto",
                    help="weight/activation precision for the estimate (auto: Q/DQ or plan -> int8, else the spec's "
                    "default, else fp16)")
@@ -40,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="another model resident at the same time: 'detector=350MiB' or an engine dir / .onnx / spec "
                    "(repeatable)")
     b = p.add_argument_group("budget")
-    b.add_argument("--os-reserve-mib", type=float, help="override the OS + services reserve (MiB)")
-    b.add_argument("--margin", type=float, default=None, help="safety margin as a fraction of the capacity (default 0.05)")
+    b.add_argument("--os-reserve-mib", type=options.mib, help="override the OS + services reserve (MiB)")
+    b.add_argument("--margin", type=options.float_range(0.0, 0.5, high_open=True), default=None, help="safety margin as a fraction of the capacity (default 0.05)")
     add_common(p)
     p.set_defaults(func=run)
 

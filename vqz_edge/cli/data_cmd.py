@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data import Preprocessing, demo_sources, folder_sources, make_crops, split_by_source
-from ..fsutil import atomic_path, atomic_write_json
+from ..errors import InputError
+from ..fsutil import canonical_json, check_output_path, write_set
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,12 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--images", default="demo", help="folder of images, or 'demo' (default)")
     p.add_argument("--split", choices=["calibration", "evaluation"], required=True)
-    p.add_argument("--count", type=int, required=True, help="number of crops")
+    p.add_argument("--count", type=options.positive_int, required=True, help="number of crops")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .npy (a .json sidecar names the sources)")
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--size", type=int, default=224, help="crop size (default 224)")
-    g.add_argument("--resize", type=int, default=None, help="short side before the crop (default size*256/224)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=options.positive_int, default=224, help="crop size (default 224)")
+    g.add_argument("--resize", type=options.positive_int, default=None, help="short side before the crop (default size*256/224)")
+    g.add_argument("--seed", type=options.nonnegative_int, default=0)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from . import emit_json
 
+    check_output_path(args.output)
     resize = args.resize or round(args.size * 256 / 224)
     pre = Preprocessing(resize=resize, crop=args.size)
     if args.images == "demo":
@@ -43,9 +46,6 @@ def run(args: argparse.Namespace) -> int:
         calib, evaluation = split_by_source(folder_sources(Path(args.images)))
         sources = calib if args.split == "calibration" else evaluation
     arr = make_crops(sources, args.count, pre, seed=args.seed)
-    with atomic_path(args.output) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
     info = {
         "output": str(args.output),
         "shape": list(arr.shape),
@@ -54,7 +54,17 @@ def run(args: argparse.Namespace) -> int:
         "preprocessing": pre.to_dict(),
         "seed": args.seed,
     }
-    atomic_write_json(args.output.with_suffix(".json"), info)
+    sidecar = args.output.with_suffix(".json")
+    if sidecar == args.output:
+        raise InputError(f"-o {args.output}: give the array a .npy name (its .json sidecar goes beside it)")
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+
+    # the array and its sidecar as one set: a failure leaves neither half of a new pair beside an old one
+    write_set(args.output.parent, {args.output.name: save, sidecar.name: canonical_json(info).encode()},
+              last=sidecar.name, tag="data")
     if args.json:
         emit_json(info)
     else:

@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+from . import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from . import add_common
@@ -25,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--data", required=True,
                    help="folder of images, FILE.npy, or 'demo' (the evaluation split); retrieval with a text "
                    "encoder: 'sentences' (built-in paraphrase pairs) or a file of tab-separated pairs")
-    d.add_argument("--num-images", type=int, default=1000, help="samples (default 1000)")
-    d.add_argument("--batch-size", type=int, default=50)
+    d.add_argument("--num-images", type=options.positive_int, default=1000, help="samples (default 1000)")
+    d.add_argument("--batch-size", type=options.positive_int, default=50)
     r = p.add_argument_group("retrieval")
-    r.add_argument("--crops-per-source", type=int, default=10,
+    r.add_argument("--crops-per-source", type=options.int_at_least(2), default=10,
                    help="image retrieval: crops per held-out photo, labelled by photo (default 10)")
     r.add_argument("--tokenizer", type=Path,
                    help="text retrieval: a transformers tokenizer directory (default: the packaged MiniLM's)")
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 def format_fidelity(outputs: list[dict]) -> str:  # type: ignore[type-arg]
     lines = []
     for o in outputs:
-        parts = [f"cosine {o['mean_cosine']:.4f}", f"SQNR {o['sqnr_db']:.1f} dB"]
+        sqnr = "identical outputs" if o["sqnr_db"] is None else f"{o['sqnr_db']:.1f} dB"
+        parts = [f"cosine {o['mean_cosine']:.4f}", f"SQNR {sqnr}"]
         if "top1_agreement" in o:
             parts = [f"top-1 agreement {o['top1_agreement'] * 100:.1f}%",
                      f"top-5 contains ref top-1 {o['top5_contains_reference_top1'] * 100:.1f}%",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..export import ExportOptions, export_model, parse_shape
+from ..export import ExportOptions, export_model
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,13 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", required=True, type=Path, help="output .onnx path (written atomically)")
     g = p.add_argument_group("model")
     g.add_argument("--weights", type=Path, help="state dict (.pth) to load into a torch model")
-    g.add_argument("--input-shape", type=parse_shape, help="input shape NxCxHxW (torch default 1x3x224x224)")
-    g.add_argument("--opset", type=int, default=17, help="ONNX opset for torch exports (default 17)")
+    g.add_argument("--input-shape", type=options.shape, help="input shape NxCxHxW (torch default 1x3x224x224)")
+    g.add_argument("--opset", type=options.positive_int, default=17, help="ONNX opset for torch exports (default 17)")
     g.add_argument("--static-batch", action="store_true", help="do not mark the batch axis dynamic")
     v = p.add_argument_group("verification")
-    v.add_argument("--atol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
-    v.add_argument("--rtol", type=float, default=1e-4, help="max error relative to max |output| (default 1e-4)")
-    v.add_argument("--samples", type=int, default=8, help="real photo crops used to verify (default 8)")
+    v.add_argument("--atol", type=options.nonnegative_float, default=1e-4, help="max abs error allowed (default 1e-4)")
+    v.add_argument("--rtol", type=options.nonnegative_float, default=1e-4, help="max error relative to max |output| (default 1e-4)")
+    v.add_argument("--samples", type=options.positive_int, default=8, help="real photo crops used to verify (default 8)")
     add_common(p)
     p.set_defaults(func=run)
 

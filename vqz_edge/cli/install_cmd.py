@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import options
+
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
     from .targets_cmd import add_targets_file
@@ -92,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--allow-unsigned", action="store_true",
                    help="install without verifying a signature (loudly reported; not for production)")
     r = p.add_argument_group("releases")
-    r.add_argument("--keep", type=int, default=3, metavar="N", help="releases kept for rollback (default 3)")
+    r.add_argument("--keep", type=options.positive_int, default=3, metavar="N", help="releases kept for rollback (default 3)")
     r.add_argument("--force", action="store_true", help="rebuild even when the same bundle is current")
     r.add_argument("--skip-memory-check", action="store_true", help="do not check the memory budget")
     add_device_options(p)

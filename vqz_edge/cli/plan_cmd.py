@@ -44,7 +44,7 @@ def onnx_for_spec(spec: Spec, explicit: Path | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..fsutil import atomic_write_json, sha256_file
-    from ..onnx_io import load_model
+    from ..onnx_io import check_spec_inputs, load_model
     from ..policy import resolve_spec
     from ..spec import load_spec
     from . import emit_json
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     onnx_path = onnx_for_spec(spec, args.onnx)
     model = load_model(onnx_path)
+    check_spec_inputs(spec.inputs, model, str(onnx_path), args.spec)
     res = resolve_spec(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
                        rules=spec.precision.rules, preset=spec.precision.preset, default=spec.precision.default)
     out = args.output or Path("calibration") / spec.model.name / "plan.json"

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import options
+
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     from .targets_cmd import add_targets_file
@@ -18,7 +20,7 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    "for .onnx on ONNX Runtime: this host's free memory)")
     add_targets_file(g)
     g.add_argument("--no-memory-check", action="store_true", help="skip the budget check before loading")
-    g.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    g.add_argument("--threads", type=options.nonnegative_int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("model", metavar="ENGINE_OR_ONNX", type=Path, help="engine directory, .engine file, or .onnx")
     p.add_argument("--input", "-i", nargs="+", required=True, type=Path, metavar="IMAGE",
                    help="image files (or .npy arrays already preprocessed to the model's input shape)")
-    p.add_argument("--top-k", type=int, default=5, help="labels to print per image for classifiers (default 5)")
+    p.add_argument("--top-k", type=options.positive_int, default=5, help="labels to print per image for classifiers (default 5)")
     add_runtime_options(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -46,8 +48,9 @@ def _layout(shape: tuple[int, ...]) -> str:
     return "NCHW"
 
 
-def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> Any:
-    """Images -> float32 batch for an input of ``shape`` (batch dim ignored); .npy files are stacked as is."""
+def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> tuple[Any, list[str]]:
+    """Images -> float32 batch for an input of ``shape`` (batch dim ignored); .npy files are stacked as is.
+    Returns the batch and a name per sample ('photo.jpg', or 'x.npy[3]' for the rows of an array)."""
     import numpy as np
 
     from ..data import Preprocessing, load_array_file, load_image, preprocess
@@ -55,15 +58,22 @@ def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> Any:
 
     if any(p.suffix == ".npy" for p in paths):
         arrays = [np.asarray(load_array_file(p), dtype=np.float32) for p in paths]
-        batch = np.concatenate([a if a.ndim == len(shape) else a[None] for a in arrays])
-        return batch
+        arrays = [a if a.ndim == len(shape) else a[None] for a in arrays]
+        names = [f"{p}[{i}]" if len(a) > 1 else str(p) for p, a in zip(paths, arrays) for i in range(len(a))]
+        batch = np.concatenate(arrays)
+        bad = ~np.isfinite(batch)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(f"input {names[row]} holds NaN/Inf values; inputs must be finite",
+                            hint="fix the preprocessing that wrote the array")
+        return batch, names
     concrete = tuple(d if d > 0 else 1 for d in shape)
     if len(concrete) != 4 or any(d <= 0 for d in shape[1:]):
         raise DataError(f"cannot preprocess images for input shape {list(shape)}: need a 4-D image input with "
                         "concrete C, H, W", hint="pass preprocessed .npy arrays instead")
     layout = _layout(concrete)
     pre = Preprocessing.for_input_shape(concrete, layout=layout)
-    return np.stack([preprocess(load_image(p, pre.channels), pre) for p in paths])
+    return np.stack([preprocess(load_image(p, pre.channels), pre) for p in paths]), [str(p) for p in paths]
 
 
 def classify(logits: Any, k: int, labels: list[str]) -> list[list[dict[str, Any]]]:
@@ -85,7 +95,7 @@ def classify(logits: Any, k: int, labels: list[str]) -> list[list[dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..errors import InputError
+    from ..errors import InputError, VerificationError
     from ..runtime import open_runner
     from . import emit_json
 
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.model} has {len(runner.inputs)} inputs; 'vqz-edge run' feeds single-input models",
                              hint="use vqz_edge.runtime.open_runner(...).run({...}) from Python")
         info = runner.inputs[0]
-        batch = load_inputs(args.input, info.shape)
+        batch, names = load_inputs(args.input, info.shape)
         step = runner.max_batch or len(batch)
         outs: dict[str, list[Any]] = {}
         for s in range(0, len(batch), step):
@@ -108,6 +118,15 @@ def run(args: argparse.Namespace) -> int:
                 outs.setdefault(name, []).append(arr)
         results = {k: np.concatenate(v) for k, v in outs.items()}
         desc = runner.describe()
+    for name, arr in results.items():
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+            raise VerificationError(
+                f"{args.model}: output {name!r} holds NaN/Inf for input {names[min(row, len(names) - 1)]}; "
+                "the model's result is not a number",
+                hint="the model (or its engine) is broken: check it with vqz-edge evaluate against the FP32 model",
+            )
     first = next(iter(results.values()))
     doc: dict[str, Any] = {"model": str(args.model), "backend": desc["backend"], "inputs": [str(p) for p in args.input],
                            "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "min": float(v.min()),
@@ -117,11 +136,11 @@ def run(args: argparse.Namespace) -> int:
         from ..demo import imagenet_labels
 
         top = classify(first, args.top_k, imagenet_labels())
-        doc["top_k"] = [{"input": str(p), "predictions": t} for p, t in zip(args.input, top)]
+        doc["top_k"] = [{"input": n, "predictions": t} for n, t in zip(names, top)]
     if args.json:
         emit_json(doc)
         return 0
-    print(f"{args.model} ({desc['backend']}), {len(args.input)} input(s)")
+    print(f"{args.model} ({desc['backend']}), {len(args.input)} input(s), {len(names)} sample(s)")
     if "top_k" in doc:
         for entry in doc["top_k"]:
             print(f"  {entry['input']}")

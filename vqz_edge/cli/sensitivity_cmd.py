@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..fsutil import check_output_dir
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,34 +27,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="output directory of 'vqz-edge calibrate' (summary.json, histograms.npz)")
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, help="held-out data: folder of images, FILE.npy, or 'demo' (evaluation split)")
-    d.add_argument("--num-images", type=int, default=256, help="samples for the sweep and the plan search (default 256)")
-    d.add_argument("--verify-images", type=int, default=1000,
+    d.add_argument("--num-images", type=options.positive_int, default=256, help="samples for the sweep and the plan search (default 256)")
+    d.add_argument("--verify-images", type=options.positive_int, default=1000,
                    help="with --target: further samples (after the sweep's) to verify the plan on (default 1000)")
-    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--batch-size", type=options.positive_int, default=32)
     s = p.add_argument_group("sweep")
     s.add_argument("--granularity", choices=["layer", "block"], default="layer",
                    help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
-    s.add_argument("--block-depth", type=int, help="block = the first N components of the module scope")
+    s.add_argument("--block-depth", type=options.positive_int, help="block = the first N components of the module scope")
     s.add_argument("--metric", choices=["cosine", "agreement", "sqnr"], default="cosine",
                    help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB")
     s.add_argument("--reverse", action="store_true", help="all INT8 except one unit (gain of keeping it FP16)")
     s.add_argument("--output-name", help="graph output to measure (default: the first)")
     s.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
                    help="recompute every threshold from the stored histograms (default: the calibrated amax)")
-    s.add_argument("--percentile", type=float, default=99.99)
+    s.add_argument("--percentile", type=options.float_range(50.0, 100.0, low_open=True), default=99.99)
     s.add_argument("--refine-thresholds", action="store_true",
                    help="re-pick each quantized tensor's threshold (entropy/MSE/percentiles/max) by output loss on "
                    "calibration data before the sweep; writes a calibration.cache with the result")
     s.add_argument("--refine-data", help="calibration data for --refine-thresholds (default: the calibration's, if demo)")
-    s.add_argument("--refine-images", type=int, default=64, help="calibration samples for --refine-thresholds (default 64)")
+    s.add_argument("--refine-images", type=options.positive_int, default=64, help="calibration samples for --refine-thresholds (default 64)")
     pol = p.add_argument_group("precision policy")
     pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
                      help="layers a preset pins above INT8 stay there (default: the spec's preset, else none)")
     pol.add_argument("--spec", type=Path, help="build spec: its [[precision.rules]] apply before the sweep")
     t = p.add_argument_group("automatic plan")
-    t.add_argument("--target", type=float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
-    t.add_argument("--min-agreement", type=float, help="also require this top-1 agreement, e.g. 0.92")
-    t.add_argument("--max-kept", type=int, help="never keep more than N units above INT8")
+    t.add_argument("--target", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
+    t.add_argument("--min-agreement", type=options.float_range(0.0, 1.0), help="also require this top-1 agreement, e.g. 0.92")
+    t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
     f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
     o = p.add_argument_group("output")
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="where sensitivity.json (and with --target plan.json, precision_rules.toml, model.qdq.onnx) go "
                    "(default OUTDIR/sensitivity)")
     o.add_argument("--report", type=Path, metavar="DIR", help="write PNG plots and a self-contained report.html here")
-    o.add_argument("--top", type=int, default=15, help="rows of the console ranking (default 15)")
+    o.add_argument("--top", type=options.positive_int, default=15, help="rows of the console ranking (default 15)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -85,7 +87,16 @@ def run(args: argparse.Namespace) -> int:
         finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+    if target is not None and args.metric in ("cosine", "agreement") and not 0.0 < args.target <= 1.0:
+        raise InputError(f"--target {args.target} is impossible for --metric {args.metric} (a value in (0, 1])",
+                         hint="e.g. --target 0.995 for cosine, --target 0.9 for agreement, --metric sqnr --target 30")
     outdir = args.output or args.calibration / "sensitivity"
+    if outdir.resolve() == args.calibration.resolve():
+        raise InputError(f"-o {outdir} is the calibration directory itself; sensitivity writes its own set",
+                         hint="leave -o out (default OUTDIR/sensitivity) or choose another directory")
+    check_output_dir(outdir)  # before minutes of work, not after
+    if args.report:
+        check_output_dir(args.report)
     result, cal = analyze(
         args.model, args.calibration, args.data, options, target=target, num_images=args.num_images,
         verify_images=args.verify_images, batch_size=args.batch_size, preset=preset,

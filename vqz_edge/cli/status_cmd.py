@@ -16,9 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="device: what is installed, what happened last (also after a crash)",
         description="Report the current release, the history, the kept releases and the last operation from the "
         "install root's journal -- including an operation that was interrupted (power loss, kill -9) and at which "
-        "stage. Read-only. Exit code 0 when current points to a working release, 1 otherwise.",
+        "stage -- and hash every file of the current release. Read-only. Exit code 0 when current points to an "
+        "intact release, 1 otherwise (install the same bundle again to repair a damaged one).",
     )
     p.add_argument("--root", required=True, type=Path, metavar="DIR", help="install root")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not hash the current release's files (by default every kept bundle file and every served "
+                   "file is checked against the hashes recorded at install; a mismatch is reported as damaged)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bundle.install import status
     from . import emit_json
 
-    st = status(args.root)
+    st = status(args.root, verify=not args.no_verify)
     if args.json:
         emit_json(st)
         return 0 if st["healthy"] else 1
@@ -49,8 +53,19 @@ def run(args: argparse.Namespace) -> int:
         smoke = cur.get("smoke") or {}
         print(f"{st['root']}: current = {cur['bundle_id']} (version {cur['bundle_version']}, {cur['backend']}, "
               f"{cur['device_key']})")
-        print(f"  serving {cur['served']}; smoke min cosine {smoke.get('min_cosine')} at install; "
-              f"{'healthy' if st['healthy'] else 'ARTIFACT MISSING'}")
+        integ = st["integrity"]
+        if not integ["checked"]:
+            word = "healthy (files NOT verified)" if st["healthy"] else "ARTIFACT MISSING"
+        elif integ["problems"]:
+            word = f"DAMAGED: {'; '.join(integ['problems'])}"
+        else:
+            word = f"healthy ({integ['files']} files match their recorded sha256)" if st["healthy"] else "ARTIFACT MISSING"
+        print(f"  serving {cur['served']}; smoke min cosine {smoke.get('min_cosine')} at install; {word}")
+        if integ["problems"]:
+            print("  repair: install the same bundle again (vqz-edge install BUNDLE --root ...) or run "
+                  "'vqz-edge install --root ...' to rebuild from the kept bundle")
+        for note in integ["notes"]:
+            print(f"  note: {note}")
     print(f"  history: {' -> '.join(e['bundle_id'] for e in st['history']) or '-'}; "
           f"highest bundle version {st['highest_bundle_version']}")
     if not st["state_consistent"]:

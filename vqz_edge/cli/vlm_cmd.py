@@ -7,19 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from . import options
+
 EXIT_DOES_NOT_FIT = 7  # same as check-memory (BudgetError)
-
-
-def _hw(text: str) -> tuple[int, int]:
-    from ..errors import InputError
-
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise InputError(f"image size {text!r} is not of the form HxW, e.g. 672x672") from None
-    if h <= 0 or w <= 0:
-        raise InputError(f"image size {text!r} must be positive")
-    return h, w
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--target", "-t", metavar="NAME", help="catalog target, e.g. orin-nx-16gb (vqz-edge targets)")
     g.add_argument("--targets-file", type=Path, action="append", default=[], metavar="TOML",
                    help="extra [[target]] definitions (repeatable; also read from $VQZ_EDGE_TARGETS)")
-    g.add_argument("--os-reserve-mib", type=float, help="override the target's OS + services reserve (MiB)")
+    g.add_argument("--os-reserve-mib", type=options.mib, help="override the target's OS + services reserve (MiB)")
     g.add_argument("--trt-version", help="TensorRT version on the device (default: the target's JetPack)")
     q = pl.add_argument_group("precision")
     q.add_argument("--llm", default="nf4", choices=("fp16", "int8", "nf4", "int4"),
@@ -58,19 +48,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="vision tower + connector (default fp16). Below INT8 is refused; int8 needs --fidelity-report")
     q.add_argument("--fidelity-report", type=Path, metavar="FILE",
                    help="JSON of `vqz-edge evaluate --json` measuring the INT8 vision encoder against FP16")
-    q.add_argument("--min-vision-cosine", type=float, default=0.99,
+    q.add_argument("--min-vision-cosine", type=options.unit_fraction, default=0.99,
                    help="cosine the fidelity report must reach for --vision int8 (default 0.99)")
     q.add_argument("--no-double-quant", action="store_true", help="plan NF4 without double quantization (4.5 bits)")
     w = pl.add_argument_group("workload")
-    w.add_argument("--context", type=int, default=2048, help="LLM sequence length incl. image tokens (default 2048)")
-    w.add_argument("--images", type=int, default=1, help="images per request (default 1)")
-    w.add_argument("--batch", type=int, default=1, help="concurrent sequences (default 1)")
-    w.add_argument("--image-size", type=_hw, metavar="HxW", help="LLaVA-NeXT: image size (default: the worst case)")
+    w.add_argument("--context", type=options.positive_int, default=2048, help="LLM sequence length incl. image tokens (default 2048)")
+    w.add_argument("--images", type=options.positive_int, default=1, help="images per request (default 1)")
+    w.add_argument("--batch", type=options.positive_int, default=1, help="concurrent sequences (default 1)")
+    w.add_argument("--image-size", type=options.image_size, metavar="HxW", help="LLaVA-NeXT: image size (default: the worst case)")
     w.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
                    help="sdpa: fused kernels, no T^2 scores (default); eager: materialised attention scores")
     w.add_argument("--logits", default="last", choices=("last", "all"),
                    help="prefill logits for the last position (generate, default) or all positions (forward)")
-    w.add_argument("--llm-runtime-mib", type=float, default=512.0,
+    w.add_argument("--llm-runtime-mib", type=options.mib, default=512.0,
                    help="PyTorch + bitsandbytes runtime allowance beyond the CUDA context (default 512, not measured)")
     o = pl.add_argument_group("report")
     o.add_argument("--all", action="store_true",
@@ -90,9 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ex.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
     ex.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output directory")
     eg = ex.add_argument_group("export")
-    eg.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    eg.add_argument("--samples", type=int, default=4, help="images used to verify (default 4)")
-    eg.add_argument("--min-cosine", type=float, default=0.9999, help="minimum visual-token cosine (default 0.9999)")
+    eg.add_argument("--opset", type=options.positive_int, default=17, help="ONNX opset (default 17)")
+    eg.add_argument("--samples", type=options.positive_int, default=4, help="images used to verify (default 4)")
+    eg.add_argument("--min-cosine", type=options.unit_fraction, default=0.9999, help="minimum visual-token cosine (default 0.9999)")
     eg.add_argument("--compute-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                     help="bnb_4bit_compute_dtype of the generated config (default float16)")
     add_common(ex)

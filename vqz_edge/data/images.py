@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, DependencyError
+from ..errors import DataError, DependencyError, require_dir, require_file
 from ..log import get_logger
 
 _log = get_logger(__name__)
@@ -93,8 +93,7 @@ def load_image(path: Path, channels: int = 3) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} does not exist")
+    require_file(path, "image", error=DataError)
     try:
         with Image.open(path) as img:
             img.load()
@@ -267,8 +266,7 @@ def folder_sources(folder: Path) -> list[ImageSource]:
     """Image files under ``folder``. Files in a sub-folder form one source (one scene); top-level files
     are each their own source."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist")
+    require_dir(folder, "data folder", error=DataError, hint="a folder of photos (or, for --data, a FILE.npy or 'demo')")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(
@@ -301,10 +299,11 @@ def split_by_source(
 def load_array_file(path: Path) -> np.ndarray:
     """A preprocessed float array saved with numpy (.npy), memory-mapped."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    require_file(path, "data file", error=DataError)
     try:
         arr: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+    except EOFError:
+        raise DataError(f"{path} is empty (0 bytes): not a .npy array") from None
     except (ValueError, OSError) as exc:
         raise DataError(f"cannot read {path} as a .npy array: {exc}") from exc
     if arr.ndim < 2 or arr.shape[0] == 0:

@@ -17,24 +17,21 @@ from .. import ort as ortu
 from ..errors import InputError, ModelLoadError, VerificationError
 from ..fsutil import atomic_path, check_output_path
 from ..log import get_logger
-from ..onnx_io import TensorInfo, count_ops, graph_inputs, graph_outputs, load_model, opset_of
+from ..onnx_io import (
+    TensorInfo,
+    count_ops,
+    graph_inputs,
+    graph_outputs,
+    load_model,
+    opset_of,
+    require_finite_weights,
+)
 from .onnx_passes import PassReport, remove_batchnorm
 from .verify import OutputError, batches, compare, concrete_shape, real_inputs
 
 _log = get_logger(__name__)
 
-__all__ = ["ExportOptions", "ExportResult", "export_model", "parse_shape", "remove_batchnorm"]
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'1x3x224x224' -> (1, 3, 224, 224)."""
-    try:
-        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise InputError(f"input shape {text!r} is not of the form 1x3x224x224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise InputError(f"input shape {text!r} must have positive dimensions")
-    return dims
+__all__ = ["ExportOptions", "ExportResult", "export_model", "remove_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,8 @@ class ExportResult:
 
 
 def _check_tolerance(errors: Sequence[OutputError], opts: ExportOptions, what: str) -> None:
-    bad = [e for e in errors if e.max_abs_error > opts.atol and e.max_rel_error > opts.rtol]
+    # written so that a NaN error fails (every comparison with NaN is false)
+    bad = [e for e in errors if not (e.max_abs_error <= opts.atol or e.max_rel_error <= opts.rtol)]
     if bad:
         detail = ", ".join(f"{e.name}: max abs {e.max_abs_error:.3g}, max rel {e.max_rel_error:.3g}" for e in bad)
         raise VerificationError(
@@ -124,6 +122,7 @@ def _run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int) 
 
 def _finish(model: onnx.ModelProto, out: Path) -> None:
     onnx.checker.check_model(model)
+    require_finite_weights(model, f"the exported model for {out}")
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
 
@@ -131,6 +130,7 @@ def _finish(model: onnx.ModelProto, out: Path) -> None:
 def _export_from_onnx(src: Path, out: Path, opts: ExportOptions) -> ExportResult:
     t0 = time.perf_counter()
     model = load_model(src)
+    require_finite_weights(model, str(src))
     infos = graph_inputs(model)
     override = opts.input_shape if len(infos) == 1 else None
     shapes = [concrete_shape(i, override, 1) for i in infos]
@@ -187,6 +187,14 @@ def _export_from_torch(source: str, out: Path, opts: ExportOptions) -> ExportRes
     torch = import_torch()
     t0 = time.perf_counter()
     model = load_torch_model(source, opts.weights)
+    bad = [f"{name} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
+           for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelLoadError(
+            f"model {source!r}" + (f" with weights {opts.weights}" if opts.weights else "")
+            + f" has non-finite parameters/buffers: {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""),
+            hint="the checkpoint is corrupt or training diverged; a model with NaN/Inf weights is never exported",
+        )
     feeds, notes, batch = _model_inputs(model, opts)
     first = {k: v[:batch] for k, v in feeds.items()}
     n = next(iter(feeds.values())).shape[0]

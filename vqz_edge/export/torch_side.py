@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DependencyError, ExportError, InputError, ModelLoadError
+from ..errors import DependencyError, ExportError, InputError, ModelLoadError, require_file
 from ..log import get_logger
 
 _log = get_logger(__name__)
@@ -73,8 +73,7 @@ def load_torch_model(source: str, weights: Path | None = None) -> Any:
 
 def load_weights(model: Any, path: Path) -> None:
     torch = import_torch()
-    if not path.is_file():
-        raise ModelLoadError(f"weights file {path} does not exist")
+    require_file(path, "weights file", error=ModelLoadError)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises pickle/zip/runtime errors alike

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.images import Preprocessing, demo_crops
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, VerificationError
 from ..log import get_logger
 from ..onnx_io import TensorInfo
 
@@ -39,6 +39,15 @@ def compare(names: Sequence[str], reference: Sequence[np.ndarray], candidate: Se
         ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
         if ref64.shape != got64.shape:
             raise InputError(f"output {name!r}: reference shape {ref64.shape} != candidate shape {got64.shape}")
+        for role, arr in (("the source model", ref64), ("the exported ONNX", got64)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                at = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise VerificationError(
+                    f"output {name!r}: {role} produced {arr[at]} on verification sample {at[0] if at else 0}; "
+                    "no output was written",
+                    hint="a weight or an intermediate value is NaN/Inf (or overflows): check the checkpoint",
+                )
         diff = float(np.max(np.abs(ref64 - got64))) if ref64.size else 0.0
         scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
         errors.append(OutputError(name, tuple(ref64.shape), diff, diff / scale if scale > 0 else diff))

@@ -219,12 +219,14 @@ def estimate_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     precision: str = "auto",
     plan: Any | None = None,
+    spec: Any | None = None,
 ) -> Estimate:
     """Items for an ONNX model that has no engine yet (see module docstring for the method).
 
-    ``plan`` is a :class:`vqz_edge.policy.plan.ResolvedPlan` (node name -> precision).
+    ``plan`` is a :class:`vqz_edge.policy.plan.ResolvedPlan` (node name -> precision); ``spec`` a
+    :class:`vqz_edge.spec.Spec` whose [[inputs]] must describe the model (checked first).
     """
-    from ..onnx_io import load_model
+    from ..onnx_io import check_spec_inputs, load_model
 
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} not in {PRECISIONS}")
@@ -232,6 +234,8 @@ def estimate_onnx(
         raise InputError(f"batch must be positive, got {batch}")
     path = Path(path)
     model = load_model(path)
+    if spec is not None:
+        check_spec_inputs(spec.inputs, model, str(path), spec.path)
     qdq = any(n.op_type in _QDQ_OPS for n in model.graph.node)
     plan_prec: dict[str, str] | None = None
     if plan is not None:
@@ -342,7 +346,7 @@ def estimate_spec(path: Path, *, precision: str = "auto", batch: int | None = No
     if precision == "auto" and plan is None and spec.precision.default in ("fp32", "fp16", "int8"):
         qdq = onnx_path.name.endswith(".qdq.onnx")
         precision = "auto" if qdq else spec.precision.default
-    est = estimate_onnx(onnx_path, input_shapes=shapes, precision=precision, plan=plan)
+    est = estimate_onnx(onnx_path, input_shapes=shapes, precision=precision, plan=plan, spec=spec)
     return Estimate(
         subject=f"spec {Path(path).name}: {est.subject}", kind=est.kind, items=est.items, precision=est.precision,
         max_batch=est.max_batch, notes=est.notes, details={**est.details, "onnx": str(onnx_path),
@@ -382,9 +386,13 @@ def parse_size(text: str) -> int:
         value = float(num)
     except ValueError as exc:
         raise InputError(f"cannot read size {text!r}; use e.g. 350MiB or 1.5GiB") from exc
-    if unit not in units or value < 0:
-        raise InputError(f"cannot read size {text!r}; units: B, KiB, MiB, GiB")
+    if unit not in units or not 0 <= value * units[unit] <= MAX_SIZE_BYTES:  # also refuses nan and 1e400 (inf)
+        raise InputError(f"cannot read size {text!r}; a finite size up to 1 PiB with a unit: B, KiB, MiB, GiB",
+                         hint="e.g. detector=350MiB")
     return int(value * units[unit])
+
+
+MAX_SIZE_BYTES = float(1 << 50)
 
 
 def resident_item(spec: str) -> MemoryItem:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
-from ..errors import InputError
+from ..errors import InputError, require_file
 from ..log import get_logger
 from ..memory.budget import (
     DEFAULT_MARGIN_FRACTION,
@@ -41,8 +41,7 @@ def artifact_kind(path: Path) -> str:
             raise InputError(f"{path} does not exist")
         return "engine"
     if path.suffix == ".onnx":
-        if not path.is_file():
-            raise InputError(f"ONNX file {path} does not exist")
+        require_file(path, "ONNX file")
         return "onnx"
     if not path.exists():
         raise InputError(f"{path} does not exist", hint="give an engine directory, a .engine file or an .onnx file")

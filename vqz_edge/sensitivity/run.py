@@ -18,9 +18,10 @@ from ..calib.cache import CalibrationCache, cache_bytes
 from ..calib.datasource import DataSource, open_data
 from ..calib.finetune import FinetuneOptions
 from ..calib.histogram import AbsHistogram
+from ..calib.outputs import check_calibration_set
 from ..calib.thresholds import compute_amax
 from ..errors import InputError
-from ..fsutil import atomic_write_bytes, canonical_json, sha256_file
+from ..fsutil import canonical_json, check_output_dir, sha256_file, write_set
 from ..log import get_logger
 from ..onnx_io import graph_inputs, load_model
 from ..policy.plan import ResolvedPlan
@@ -79,6 +80,7 @@ def load_calibration(outdir: Path, model_sha256: str | None = None) -> Calibrati
         raise InputError(
             f"the calibration in {outdir} was made for a different model (sha256 {made_for[:12]}..., this model "
             f"{model_sha256[:12]}...)", hint="calibrate this exact ONNX file first")
+    check_calibration_set(outdir, used=(hist_path.name,))  # summary's amax and these histograms: the same run
     try:
         hists = load_histograms(hist_path)
     except (ValueError, KeyError, OSError) as exc:
@@ -318,11 +320,7 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
                   version_code: int = 100300) -> dict[str, Path]:
     """sensitivity.json; with an automatic plan also plan.json, precision_rules.toml and its model.qdq.onnx;
     with re-chosen thresholds (``method``/``refine``) a calibration.cache holding them (header ``version_code``)."""
-    outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output directory {outdir}: {exc.strerror}") from exc
+    outdir = check_output_dir(Path(outdir))
     payloads: dict[str, bytes] = {"result": canonical_json(result.to_dict()).encode()}
     ft = result.finetuned
     if result.thresholds != "calibrated":  # thresholds differ from the calibration's cache: write the new one
@@ -360,12 +358,10 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
 
             qdq, _ = insert_qdq(onnx.load(str(model_path)), result.amax, a.plan)
             payloads["qdq"] = qdq.SerializeToString()
-    files = {}
-    for key, data in payloads.items():
-        path = outdir / OUTPUT_FILES[key]
-        atomic_write_bytes(path, data)
-        files[key] = path
-    return files
+    # one set, sensitivity.json last; files an earlier run wrote here that this one does not are removed
+    write_set(outdir, {OUTPUT_FILES[k]: v for k, v in payloads.items()}, last=OUTPUT_FILES["result"],
+              tag="sensitivity", drop=OUTPUT_FILES.values())
+    return {key: outdir / OUTPUT_FILES[key] for key in payloads}
 
 
 def _key(metric: str) -> str:

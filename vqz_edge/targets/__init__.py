@@ -24,6 +24,7 @@ variable (paths separated by ``os.pathsep``)::
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, require_file
 from ..log import get_logger
 from ..vocab import PACKAGE_DATA
 
@@ -139,6 +140,10 @@ class Catalog:
 # ------------------------------------------------------------------------------------------ loading
 
 
+# Module RAM above 1 PiB is a typo (or 1e400, an infinity), not a Jetson.
+MAX_MIB = float(1 << 30)
+
+
 def _parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -216,8 +221,14 @@ def _target_from_entry(
     def get(key: str, typ: type | tuple[type, ...], default: Any) -> Any:
         return _typed(e, key, typ, w) if key in e else default
 
-    ram_bytes = int(get("ram_mib", (int, float), base.ram_bytes / MIB if base else 0) * MIB)
-    reserve = int(get("os_reserve_mib", (int, float), base.os_reserve_bytes / MIB if base else 0) * MIB)
+    def mib(key: str, default: float) -> int:
+        value = float(get(key, (int, float), default))
+        if not math.isfinite(value) or not 0 <= value <= MAX_MIB:
+            raise InputError(f"{w}: {key} = {value} is not a size in MiB (a finite number from 0 to {MAX_MIB:.0f})")
+        return int(value * MIB)
+
+    ram_bytes = mib("ram_mib", base.ram_bytes / MIB if base else 0)
+    reserve = mib("os_reserve_mib", base.os_reserve_bytes / MIB if base else 0)
     jetpack = str(get("default_jetpack", str, base.default_jetpack if base else ""))
     jp = jetpacks.get(jetpack)
     if "default_trt_version" in e:
@@ -314,8 +325,13 @@ def load_catalog(targets_files: Iterable[Path | str] = (), *, use_env: bool = Tr
     for path in files:
         if not path.is_file():
             origin = f"${ENV_VAR}" if path in _env_files() else "--targets-file"
-            raise InputError(f"targets file {path} does not exist (from {origin})")
-        doc = _parse_toml(path.read_text(encoding="utf-8"), str(path))
+            require_file(path, f"targets file (from {origin})")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"targets file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                             hint="give a TOML file of [[target]] tables (see vqz_edge/data/targets.toml)") from exc
+        doc = _parse_toml(text, str(path))
         unknown = sorted(set(doc) - {"schema", "target", "jetpack", "sources"})
         if unknown:
             raise InputError(f"{path}: unknown top-level key(s) {unknown}; allowed: schema, sources, [[jetpack]], [[target]]")

@@ -443,6 +443,8 @@ def _read_json(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise VlmConfigError(f"cannot read model config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise VlmConfigError(f"model config {path} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -379,6 +379,8 @@ def read_fidelity_report(path: Path | None, *, min_cosine: float = 0.99, saving:
         raise PrecisionRefused(f"cannot read fidelity report {path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise PrecisionRefused(f"fidelity report {path} is not JSON (line {exc.lineno}: {exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise PrecisionRefused(f"fidelity report {path} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})") from exc
     found = _find_cosines(doc)
     if not found:
         raise PrecisionRefused(

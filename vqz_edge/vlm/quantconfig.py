@@ -77,6 +77,8 @@ def read_quantization_config(path: Path) -> dict[str, Any]:
         raise InputError(f"cannot read quantization config {path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise InputError(f"quantization config {path} is not JSON (line {exc.lineno}: {exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"quantization config {path} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})") from exc
     if isinstance(doc, Mapping) and isinstance(doc.get("quantization_config"), Mapping):
         doc = doc["quantization_config"]  # a whole config.json was given
     if not isinstance(doc, Mapping):
