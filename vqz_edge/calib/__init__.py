@@ -7,7 +7,6 @@ Outputs (in OUTDIR, each written atomically): calibration.cache (TensorRT text f
 from __future__ import annotations
 
 import io
-import math
 import os
 import time
 import zipfile
@@ -34,6 +33,7 @@ from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data
 from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
+from .memory import MemoryPlan
 from .qdq import QdqReport, insert_qdq
 from .thresholds import compute_amax
 
@@ -52,6 +52,7 @@ class CalibrationOptions:
     batch_size: int = 8
     trt_version: str = DEFAULT_TRT_VERSION
     version: int = 1
+    max_memory: int | None = None  # bytes; None: calib.memory.default_budget() (a share of the host's RAM)
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -60,6 +61,8 @@ class CalibrationOptions:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.num_images <= 0 or self.batch_size <= 0:
             raise ValueError("num_images and batch_size must be positive")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError(f"max_memory must be positive, got {self.max_memory}")
         parse_trt_version(self.trt_version)
 
 
@@ -77,6 +80,7 @@ class CalibrationResult:
     qdq: QdqReport
     resolution: Resolution
     seconds: dict[str, float] = field(default_factory=dict)
+    memory: MemoryPlan | None = None
 
     @property
     def plan(self) -> ResolvedPlan:
@@ -96,6 +100,7 @@ class CalibrationResult:
             "qdq": self.qdq.to_dict(),
             "unmatched_rules": self.resolution.unmatched_rules,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "memory": self.memory.to_dict() if self.memory else None,
         }
 
 
@@ -107,7 +112,8 @@ def histograms_npz(hists: dict[str, AbsHistogram]) -> bytes:
             h = hists[name]
             arrays = {
                 f"t{i:04d}_counts": h.counts,
-                f"t{i:04d}_meta": np.array([h.range, h.min_value, h.max_value, h.count], np.float64),
+                f"t{i:04d}_meta": np.array([h.range, h.min_value, h.max_value, h.count, h.bin_width,
+                                            0.0 if h.first_max is None else float(h.first_max), h.zeros], np.float64),
             }
             for key, arr in arrays.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -129,10 +135,14 @@ def load_histograms(path: Path) -> dict[str, AbsHistogram]:
         out = {}
         for i, name in enumerate(names):
             meta = z[f"t{i:04d}_meta"]
+            if meta.size != 7:
+                raise InputError(f"{path} was written by an older vqz-edge (histograms with another bin layout)",
+                                 hint="run vqz-edge calibrate again")
             h = AbsHistogram(counts=z[f"t{i:04d}_counts"].astype(np.int64))
-            rng = float(meta[0])
-            h.scale = None if rng == 0 else np.float32(h.nbins / rng)
-            h.min_value, h.max_value, h.count = float(meta[1]), float(meta[2]), int(meta[3])
+            width, first_max = float(meta[4]), float(meta[5])
+            h.width = None if width == 0 else np.float32(width)
+            h.first_max = None if first_max == 0 else np.float32(first_max)
+            h.min_value, h.max_value, h.count, h.zeros = float(meta[1]), float(meta[2]), int(meta[3]), int(meta[6])
             out[name] = h
     return out
 
@@ -184,10 +194,8 @@ def calibrate(
 
     t0 = time.perf_counter()
     tensors = calibration_tensors(model)
-    stats = collect(
-        model, source.batches(opts.batch_size), total_batches=math.ceil(source.count / opts.batch_size),
-        tensors=tensors, progress=progress,
-    )
+    stats = collect(model, source.batches, count=source.count, batch_size=opts.batch_size, tensors=tensors,
+                    budget=opts.max_memory, progress=progress)
     t1 = time.perf_counter()
     amax = {n: compute_amax(h, opts.method, opts.percentile) for n, h in stats.histograms.items()}
     t2 = time.perf_counter()
@@ -251,8 +259,9 @@ def calibrate(
     return CalibrationResult(
         outdir, files, amax, stats.images, stats.batches, opts.method, str(trt), trt.code, source.description,
         qrep, resolution,
-        {"statistics": t1 - t0, "thresholds": t2 - t1, ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2,
-         "total": time.perf_counter() - t0},
+        {"statistics": t1 - t0, **{f"statistics.{k}": v for k, v in stats.seconds.items()}, "thresholds": t2 - t1,
+         ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2, "total": time.perf_counter() - t0},
+        stats.plan,
     )
 
 
