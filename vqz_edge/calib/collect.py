@@ -193,13 +193,13 @@ def _min_max(arr: np.ndarray) -> tuple[float, float] | None:
     return None if flat.size == 0 else (float(flat.min()), float(flat.max()))
 
 
-def _check_finite(ranges: dict[str, tuple[float, float] | None], order: list[str], b: int, first_image: int,
-                  n: int) -> None:
+def _check_finite(ranges: dict[str, tuple[float, float] | None], order: list[str], batch_size: int,
+                  first_image: int, n: int) -> None:
     for name in order:  # graph order: a NaN is reported where it first appears
         r = ranges.get(name)
         if r is not None and not (np.isfinite(r[0]) and np.isfinite(r[1])):
             raise CalibrationError(
-                f"tensor {name!r} has NaN/Inf values in calibration batch {b} "
+                f"tensor {name!r} has NaN/Inf values in calibration batch {first_image // batch_size} "
                 f"(images {first_image}..{first_image + n - 1})",
                 hint="check the preprocessing and that the FP32 model itself produces finite outputs on this data",
             )
@@ -325,10 +325,10 @@ def _run_pass(model: onnx.ModelProto, input_name: str, group: list[str], batches
         slots = [_Slot(sess, input_name, run_names), _Slot(sess, input_name, run_names)]
         peak: dict[str, float] = dict.fromkeys(group, 0.0)
         seen = 0
-        for b, x, outputs in _pipelined(sess, input_name, run_names, _take(batches(eb), plan.batch_size), slots):
+        for _b, x, outputs in _pipelined(sess, input_name, run_names, _take(batches(eb), plan.batch_size), slots):
             current = {**outputs, input_name: x} if input_name in peak else outputs
             ranges = dict(zip(group, pool.map(_min_max, [current[n] for n in group])))
-            _check_finite(ranges, group, b, seen, x.shape[0])
+            _check_finite(ranges, group, plan.batch_size, seen, x.shape[0])
             for n, r in ranges.items():
                 if r is not None:
                     peak[n] = max(peak[n], abs(r[0]), abs(r[1]))
@@ -341,12 +341,12 @@ def _run_pass(model: onnx.ModelProto, input_name: str, group: list[str], batches
     slots = [_Slot(sess, input_name, run_names), _Slot(sess, input_name, run_names)]
     images = nbatches = 0
     t2 = time.perf_counter()
-    for b, x, outputs in _pipelined(sess, input_name, run_names, _take(batches(eb), count), slots):
+    for _b, x, outputs in _pipelined(sess, input_name, run_names, _take(batches(eb), count), slots):
         th = time.perf_counter()
         current = {**outputs, input_name: x} if input_name in hists and input_name in group else outputs
         ranges = dict(zip(group, pool.map(_observe_and_bin, group, [hists[n] for n in group],
                                           [current[n] for n in group])))
-        _check_finite(ranges, group, b, images, x.shape[0])
+        _check_finite(ranges, group, plan.batch_size, images, x.shape[0])
         seconds["histogram"] += time.perf_counter() - th
         images += x.shape[0]
         nbatches += 1

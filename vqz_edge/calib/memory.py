@@ -184,7 +184,7 @@ class MemoryPlan:
         return self.execution_batch < self.batch_size
 
     def describe(self) -> str:
-        per = "all tensors" if self.passes == 1 else f"{self.passes} groups of tensors, one pass over the data each"
+        per = "all tensors in one pass" if self.passes == 1 else f"{self.passes} passes over the data, one group of tensors each"
         return (f"memory budget {fmt_bytes(self.budget)}: batch {self.execution_batch} of {self.batch_size} per run, "
                 f"{per}; activations {fmt_bytes(self.bytes_per_image)} per image, model {fmt_bytes(self.model_bytes)}, "
                 f"estimated peak {fmt_bytes(self.estimated_peak)}")
