@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -24,6 +25,7 @@ from vqz_edge.data import demo_crops
 from vqz_edge.errors import CalibrationError, InputError
 
 ORDER = [f"t{i}" for i in range(10)]
+collect_module = importlib.import_module("vqz_edge.calib.collect")  # the package exports the function collect too
 
 
 def _plan(per_tensor: int, budget: int, batch: int = 8, model: int = 10 * MiB, base: int = 200 * MiB):
@@ -86,13 +88,14 @@ def test_parse_memory_refuses(text: str) -> None:
 
 
 def test_results_do_not_depend_on_the_execution_batch(mobilenet_onnx, tmp_path, monkeypatch) -> None:
-    """Batch 8 per run and batch 1 per run (the first batch of 8 re-run for the bin widths) write
-    byte-identical cache, Q/DQ model and histograms."""
+    """Batch 8 per run with ORT on every core and batch 1 per run (the first batch of 8 re-run for the bin
+    widths) with one ORT thread write byte-identical cache, Q/DQ model and histograms."""
     data = tmp_path / "calib.npy"
     np.save(data, demo_crops("calibration", 20))
     batches = {}
-    for key, target in (("whole", GiB), ("split", SLOT_TARGET)):
+    for key, target, threads in (("whole", GiB, 0), ("split", SLOT_TARGET, 1)):
         monkeypatch.setattr(memory, "SLOT_TARGET", target)
+        monkeypatch.setattr(collect_module, "ORT_THREADS", threads)
         res = calibrate(mobilenet_onnx, data, tmp_path / key, CalibrationOptions(num_images=20), preset="none")
         assert res.memory is not None and res.memory.passes == 1
         batches[key] = res.memory.execution_batch
