@@ -93,11 +93,12 @@ class AbsHistogram:
 
     def grow_to(self, m: float) -> None:
         """Append bins until ``m`` (a max |x|) has its own bin."""
-        need = int(bin_index(np.array([m], np.float32), self.width, self.first_max_quotient)[0]) + 1  # type: ignore[arg-type]
-        if need > MAX_BINS:
+        assert self.width is not None
+        if float(np.float32(abs(m)) / self.width) >= MAX_BINS:  # before any integer conversion can overflow
             raise ValueError(
-                f"the range grew to {m:.6g}, {need / self.initial_bins:.0f}x the first batch's max {float(self.first_max or 0):.6g} "
-                f"(more than {MAX_BINS} bins of the first batch's width)")
+                f"the range grew to {m:.6g}, more than {MAX_BINS // self.initial_bins}x the first batch's max "
+                f"{float(self.first_max or 0):.6g} (over {MAX_BINS} bins of the first batch's width)")
+        need = int(bin_index(np.array([m], np.float32), self.width, self.first_max_quotient)[0]) + 1
         if need > self.nbins:
             self.counts = np.concatenate([self.counts, np.zeros(need - self.nbins, np.int64)])
 
