@@ -3,7 +3,7 @@
 Calibration makes every tracked activation an extra output of an ONNX Runtime session and keeps two sets of
 output buffers (one filled by ORT while the other is histogrammed). Its peak memory is therefore
 
-    process before calibration  +  the model inside ORT (~ weights x ORT_MODEL_FACTOR)
+    process before calibration  +  the model inside ORT (~ weights x ORT_MODEL_FACTOR)  +  RUNTIME_OVERHEAD
     + execution batch x (2 x bytes of one pass's tensors per image + ORT's own intermediates per image)
 
 The plan picks the execution batch (a divisor of the calibration batch, so the first-batch range -- which sets
@@ -36,6 +36,10 @@ SLOT_TARGET = 32 * MiB  # activations per buffer set: about a last-level cache (
 ORT_MODEL_FACTOR = 2.0  # ORT's copy of the weights plus the CPU provider's pre-packed MatMul/Conv weights
 INTERMEDIATE_FACTOR = 4  # ORT's own live intermediates per image, in units of the largest activation
 HEADROOM = 0.85  # plan to 85% of the budget: allocator slack, Python objects, the data pipeline
+# ORT's runtime once a session exists and runs (thread pools, kernel registry, the serialised model), thresholds and
+# the Q/DQ writer: measured in benchmarks/calibration_scaling.py, the demo MobileNetV2 peaked at 520 MiB against an
+# estimate of 349 MiB without this term (the ViT-S: 1437 against 1354)
+RUNTIME_OVERHEAD = 160 * MiB
 
 
 def host_memory_bytes() -> int:
@@ -220,7 +224,7 @@ def plan_memory(
         raise InputError(f"memory budget must be positive, got {budget}")
     per_image = sum(tensor_bytes[n] for n in order)
     largest = max([tensor_bytes[n] for n in order] or [0])
-    fixed = base_bytes + int(model_bytes * ORT_MODEL_FACTOR)
+    fixed = base_bytes + int(model_bytes * ORT_MODEL_FACTOR) + RUNTIME_OVERHEAD
     usable = int(budget * HEADROOM) - fixed
     if usable <= 0:
         raise CalibrationError(
@@ -269,7 +273,9 @@ FINETUNE_WEIGHT_FACTOR = 4  # weights, their gradients and Adam's two moments
 
 
 def fit_batch(requested: int, per_sample: int, fixed: int, budget: int, what: str) -> int:
-    """The largest batch <= ``requested`` with ``fixed + batch * per_sample`` within the budget (its HEADROOM)."""
+    """The largest batch <= ``requested`` with ``fixed + RUNTIME_OVERHEAD + batch * per_sample`` within the budget
+    (its HEADROOM)."""
+    fixed += RUNTIME_OVERHEAD
     usable = int(budget * HEADROOM) - fixed
     batch = min(requested, usable // max(1, per_sample)) if usable > 0 else 0
     if batch < 1:
