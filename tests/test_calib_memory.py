@@ -117,3 +117,28 @@ def test_cli_max_memory_prints_the_plan_and_refuses_too_small(mobilenet_onnx, tm
     assert r.returncode != 0 and "--max-memory" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("calibrate", str(mobilenet_onnx), "--data", "demo", "--max-memory", "lots", "-o", str(tmp_path / "e"))
     assert r.returncode != 0 and "'lots'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sensitivity_and_finetune_batches_shrink_to_the_budget(mobilenet_onnx) -> None:
+    from vqz_edge.calib.collect import model_memory
+    from vqz_edge.calib.finetune import (
+        FINETUNE_FACTOR,
+        FINETUNE_WEIGHT_FACTOR,
+        FinetuneOptions,
+        fit_finetune_batch,
+    )
+    from vqz_edge.calib.memory import current_rss
+    from vqz_edge.onnx_io import load_model
+    from vqz_edge.sensitivity.run import evaluation_batch
+
+    model = load_model(mobilenet_onnx)
+    weights, per_image, largest = model_memory(model)
+    assert evaluation_batch(model, 32, None) == 32  # half of this host's RAM holds 32 MobileNetV2 samples
+    per = (INTERMEDIATE_FACTOR + 2) * largest
+    budget = int((current_rss() + 2 * ORT_MODEL_FACTOR * weights + RUNTIME_OVERHEAD + 5.5 * per) / HEADROOM)
+    assert 3 <= evaluation_batch(model, 32, budget) <= 6
+    per = FINETUNE_FACTOR * per_image
+    budget = int((current_rss() + FINETUNE_WEIGHT_FACTOR * weights + RUNTIME_OVERHEAD + 4.5 * per) / HEADROOM)
+    assert 2 <= fit_finetune_batch(model, FinetuneOptions(batch_size=16, max_memory=budget)).batch_size <= 5
+    with pytest.raises(CalibrationError, match="fine-tuning"):
+        fit_finetune_batch(model, FinetuneOptions(batch_size=16, max_memory=current_rss()))
