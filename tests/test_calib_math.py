@@ -87,23 +87,60 @@ def test_uniform_threshold_is_about_max() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    scales=st.lists(st.floats(0.01, 1000.0), min_size=1, max_size=6),
+    scales=st.lists(st.floats(0.05, 20.0), min_size=1, max_size=6),
+    sizes=st.lists(st.integers(1, 3000), min_size=6, max_size=6),
     seed=st.integers(0, 2**16),
 )
-def test_streaming_equals_one_big_histogram(scales: list[float], seed: int) -> None:
-    """Growing the range across batches gives exactly the histogram of all data at the final range."""
+def test_streaming_equals_one_big_histogram(scales: list[float], sizes: list[int], seed: int) -> None:
+    """Appending bins across batches gives exactly the histogram of all data at the final number of bins,
+    whatever the batch split; the compiled kernel bins exactly as the plain-numpy bin index."""
     rng = np.random.default_rng(seed)
-    parts = [(rng.standard_normal(997) * s).astype(np.float32) for s in scales]
+    parts = [(rng.standard_normal(n) * s).astype(np.float32) for s, n in zip(scales, sizes)]
+    if parts[0].size > 1:
+        parts[0][0] = 0.0  # exact zeros are included (the first batch max itself always is)
     h = AbsHistogram()
     for p in parts:
         h.update(p)
     everything = np.concatenate(parts)
     assert h.count == everything.size
-    assert h.scale is not None
-    np.testing.assert_array_equal(h.counts, reference_histogram(everything, h.scale))
+    assert h.width == np.float32(np.abs(parts[0]).max() / np.float32(2048))
+    np.testing.assert_array_equal(h.counts, reference_histogram(everything, h))
     assert h.counts.sum() == everything.size
-    assert h.range >= float(np.abs(everything).max()) * (1 - 1e-6)
+    assert h.counts[-1] > 0, "the last bin holds the max"
+    assert h.range >= float(np.abs(everything).max())
     assert h.amax == pytest.approx(float(np.abs(everything).max()))
+    # the same stream cut into other batches (same first batch): identical counts
+    rest = np.concatenate(parts[1:]) if len(parts) > 1 else np.zeros(0, np.float32)
+    h2 = AbsHistogram()
+    for p in [parts[0], *np.array_split(rest, 3)]:
+        h2.update(p)
+    np.testing.assert_array_equal(h2.counts, h.counts)
+
+
+def test_first_batch_max_stays_in_the_last_first_range_bin() -> None:
+    """torch.histc closes the last bin on the right: the first batch's max is in bin 2047, and so is the
+    same value in later batches (the bin of a value never depends on how many bins there are)."""
+    first = np.array([0.0, 1.0, 6.0, 6.0], np.float32)
+    h = AbsHistogram()
+    h.update(first)
+    assert h.nbins == 2048 and h.counts[2047] == 2
+    h.update(np.array([6.0, 12.0], np.float32))
+    assert h.counts[2047] == 3 and h.nbins == 4097 and h.counts[4096] == 1
+
+
+def test_absurd_range_growth_is_refused() -> None:
+    h = AbsHistogram()
+    h.update(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="first batch"):
+        h.update(np.array([1e30], np.float32))
+    assert h.nbins == 2048
+
+
+def test_non_finite_batch_is_refused() -> None:
+    h = AbsHistogram()
+    h.update(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        h.update(np.array([1.0, np.nan], np.float32))
 
 
 def test_zero_batches_before_data() -> None:
@@ -116,5 +153,5 @@ def test_zero_batches_before_data() -> None:
 
 
 def test_bad_bins() -> None:
-    with pytest.raises(ValueError, match="power of two"):
-        AbsHistogram(nbins=1000)
+    with pytest.raises(ValueError, match="initial_bins"):
+        AbsHistogram(initial_bins=1)

@@ -34,8 +34,11 @@ def import_ort() -> Any:
     return ort
 
 
-def session(model: onnx.ModelProto | Path | str | bytes, *, optimize: bool = True, threads: int = 0) -> Any:
-    """A CPU InferenceSession. ``optimize=False`` keeps every tensor name (needed to read intermediates)."""
+def session(model: onnx.ModelProto | Path | str | bytes, *, optimize: bool = True, threads: int = 0,
+            arena: bool = True, spin: bool = True) -> Any:
+    """A CPU InferenceSession. ``optimize=False`` keeps every tensor name (needed to read intermediates);
+    ``arena=False`` allocates exactly what each run needs (no power-of-two arena growth: for memory budgets);
+    ``spin=False`` lets idle ORT threads sleep instead of spinning (when other threads share the cores)."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
@@ -44,6 +47,9 @@ def session(model: onnx.ModelProto | Path | str | bytes, *, optimize: bool = Tru
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    opts.enable_cpu_mem_arena = arena
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, Path):

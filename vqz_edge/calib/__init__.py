@@ -33,6 +33,7 @@ from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data
 from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
+from .memory import MemoryPlan
 from .outputs import write_calibration_set
 from .qdq import QdqReport, insert_qdq
 from .thresholds import compute_amax
@@ -52,6 +53,7 @@ class CalibrationOptions:
     batch_size: int = 8
     trt_version: str = DEFAULT_TRT_VERSION
     version: int = 1
+    max_memory: int | None = None  # bytes; None: calib.memory.default_budget() (a share of the host's RAM)
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -60,6 +62,8 @@ class CalibrationOptions:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.num_images <= 0 or self.batch_size <= 0:
             raise ValueError("num_images and batch_size must be positive")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError(f"max_memory must be positive, got {self.max_memory}")
         parse_trt_version(self.trt_version)
 
 
@@ -78,6 +82,7 @@ class CalibrationResult:
     resolution: Resolution
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    memory: MemoryPlan | None = None
 
     @property
     def plan(self) -> ResolvedPlan:
@@ -98,6 +103,7 @@ class CalibrationResult:
             "unmatched_rules": self.resolution.unmatched_rules,
             "warnings": list(self.warnings),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "memory": self.memory.to_dict() if self.memory else None,
         }
 
 
@@ -109,7 +115,8 @@ def histograms_npz(hists: dict[str, AbsHistogram]) -> bytes:
             h = hists[name]
             arrays = {
                 f"t{i:04d}_counts": h.counts,
-                f"t{i:04d}_meta": np.array([h.range, h.min_value, h.max_value, h.count], np.float64),
+                f"t{i:04d}_meta": np.array([h.range, h.min_value, h.max_value, h.count, h.bin_width,
+                                            0.0 if h.first_max is None else float(h.first_max), h.zeros], np.float64),
             }
             for key, arr in arrays.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -131,10 +138,14 @@ def load_histograms(path: Path) -> dict[str, AbsHistogram]:
         out = {}
         for i, name in enumerate(names):
             meta = z[f"t{i:04d}_meta"]
+            if meta.size != 7:
+                raise InputError(f"{path} was written by an older vqz-edge (histograms with another bin layout)",
+                                 hint="run vqz-edge calibrate again")
             h = AbsHistogram(counts=z[f"t{i:04d}_counts"].astype(np.int64))
-            rng = float(meta[0])
-            h.scale = None if rng == 0 else np.float32(h.nbins / rng)
-            h.min_value, h.max_value, h.count = float(meta[1]), float(meta[2]), int(meta[3])
+            width, first_max = float(meta[4]), float(meta[5])
+            h.width = None if width == 0 else np.float32(width)
+            h.first_max = None if first_max == 0 else np.float32(first_max)
+            h.min_value, h.max_value, h.count, h.zeros = float(meta[1]), float(meta[2]), int(meta[3]), int(meta[6])
             out[name] = h
     return out
 
@@ -180,10 +191,8 @@ def calibrate(
 
     t0 = time.perf_counter()
     tensors = calibration_tensors(model)
-    stats = collect(
-        model, source.batches(opts.batch_size), total_batches=math.ceil(source.count / opts.batch_size),
-        tensors=tensors, progress=progress,
-    )
+    stats = collect(model, source.batches, count=source.count, batch_size=opts.batch_size, tensors=tensors,
+                    budget=opts.max_memory, progress=progress)
     t1 = time.perf_counter()
     amax = {n: compute_amax(h, opts.method, opts.percentile) for n, h in stats.histograms.items()}
     warnings = check_ranges(amax, stats.histograms, source.description)
@@ -236,11 +245,12 @@ def calibrate(
     files = write_calibration_set(outdir, payloads, summary)
     _log.info("calibrated %s: %d tensors, %d images -> %s", model_path, len(amax), stats.images, outdir)
     return CalibrationResult(
-        outdir, files, amax, stats.images, stats.batches, opts.method, str(trt), trt.code, source.description,
-        qrep, resolution,
-        {"statistics": t1 - t0, "thresholds": t2 - t1, ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2,
-         "total": time.perf_counter() - t0},
-        warnings,
+        outdir=outdir, files=files, amax=amax, images=stats.images, batches=stats.batches, method=opts.method,
+        trt_version=str(trt), version_code=trt.code, data=source.description, qdq=qrep, resolution=resolution,
+        seconds={"statistics": t1 - t0, **{f"statistics.{k}": v for k, v in stats.seconds.items()},
+                 "thresholds": t2 - t1, ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2,
+                 "total": time.perf_counter() - t0},
+        warnings=warnings, memory=stats.plan,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from ..log import get_logger
 from ..onnx_io import TensorInfo, graph_inputs
 from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
+from .collect import model_memory
 from .datasource import DataSource, open_data
+from .memory import FINETUNE_FACTOR, FINETUNE_WEIGHT_FACTOR, current_rss, default_budget, fit_batch, fmt_bytes
 from .qdq import per_channel_scale, weight_axis
 
 _log = get_logger(__name__)
@@ -56,8 +58,11 @@ class FinetuneOptions:
     seed: int = 0
     threads: int = 2
     version: int = 1
+    max_memory: int | None = None  # bytes; None: calib.memory.default_budget(); the batch shrinks to fit it
 
     def __post_init__(self) -> None:
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError(f"max_memory must be positive, got {self.max_memory}")
         if self.samples <= 0 or self.batch_size <= 0 or self.threads <= 0:
             raise ValueError(f"samples, batch_size and threads must be positive, got {self.samples}, "
                              f"{self.batch_size}, {self.threads}")
@@ -433,8 +438,22 @@ def finetune_on_data(
     if src.count < options.samples:
         raise InputError(f"--finetune-samples {options.samples}: the data {src.description} holds fewer",
                          hint="lower --finetune-samples, or give a folder of images (crops are unlimited)")
+    options = fit_finetune_batch(model, options)
     return finetune(model, amax, plan, src.batches(options.batch_size), options, output=output,
                     progress=progress), src
+
+
+def fit_finetune_batch(model: onnx.ModelProto, options: FinetuneOptions) -> FinetuneOptions:
+    """``options`` with the batch shrunk to the memory budget where it does not fit (logged)."""
+    weights, per_image, _ = model_memory(model)
+    budget = options.max_memory if options.max_memory is not None else default_budget()
+    batch = fit_batch(options.batch_size, FINETUNE_FACTOR * per_image,
+                      current_rss() + FINETUNE_WEIGHT_FACTOR * weights, budget, "fine-tuning")
+    if batch < options.batch_size:
+        _log.warning("fine-tuning in batches of %d instead of %d to stay within the memory budget of %s",
+                     batch, options.batch_size, fmt_bytes(budget))
+        options = replace(options, batch_size=batch)
+    return options
 
 
 def _export(model: onnx.ModelProto, net: _Interpreter, amax: Mapping[str, float],

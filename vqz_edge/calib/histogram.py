@@ -1,11 +1,21 @@
-"""Streaming histograms of |x| with exact range growth.
+"""Streaming histograms of |x| with NVIDIA's bin growth: a fixed bin width, bins appended as the range grows.
 
-Each tracked tensor keeps a fixed 2048-bin histogram of |x| over [0, R]. The first batch sets R to
-its max |x|. When a later batch exceeds R, R doubles (k times, as few as needed) and every 2^k
-neighbouring bins merge into one. Because the bin index is computed as floor(|x| * s) with a float32
-scale s that is only ever divided by powers of two, the merged histogram is *exactly* the histogram
-one would get by binning all data seen so far at the final range (tested). Nothing but the counts is
-kept: memory does not grow with the number of images.
+This is the collector of NVIDIA's reference calibrator (pytorch-quantization ``calib/histogram.py``,
+``HistogramCalibrator.collect``, which ModelOpt keeps): the first batch with a non-zero value sets the bin
+width to ``max|x| / 2048``; a later batch whose max exceeds the range appends bins of the same width until it
+fits. The bin of a value is ``trunc(float32(|x| / width))`` -- exactly the index ``torch.histc`` computes for
+the first batch -- with the reference's closed right edge of that first range: a value equal to the first
+batch's max lands in bin 2047.
+
+Because a value's bin depends on nothing but the value and the fixed width, the streamed histogram is
+*exactly* the histogram of all data seen so far at the final number of bins (property-tested), whatever the
+batch split. Nothing but the counts is kept: memory does not grow with the number of images.
+
+Where this differs from the reference's torch code (by design, all measured in tests/test_calib_reference.py):
+counts are exact int64 (the reference accumulates float32 and loses counts above 2**24 per bin); after the range
+grew, the reference re-derives the bin of every later value from ``x * n / range`` (float rounding may move a value
+sitting on a bin edge by one bin) -- here a value's bin never depends on how many bins exist; and a batch
+whose max falls exactly on a bin edge gets one more bin here (the reference closes that edge).
 """
 
 from __future__ import annotations
@@ -15,53 +25,106 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _kernels
+
 NUM_BINS = 2048
-_CHUNK = 1 << 18  # elements binned at a time: keeps the float and index buffers in cache
+MAX_BINS = 1 << 20  # a range 512x the first batch's: refused (the first batch did not represent the data)
 
 
 @dataclass
 class AbsHistogram:
-    nbins: int = NUM_BINS
+    """Counts of |x| in bins of a fixed width; ``counts.size`` is 2048 after the first non-zero batch and grows."""
+
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    scale: np.float32 | None = None  # bin index = floor(|x| * scale); None until a non-zero value is seen
-    zeros: int = 0  # values seen while the range was still undefined (all exactly zero)
+    width: np.float32 | None = None  # bin width; None until a non-zero value is seen
+    first_max: np.float32 | None = None  # max |x| of the batch that set the width (its bin is NUM_BINS - 1)
+    zeros: int = 0  # values seen while the width was still undefined (all exactly zero)
     min_value: float = math.inf
     max_value: float = -math.inf
     count: int = 0
+    initial_bins: int = NUM_BINS
 
     def __post_init__(self) -> None:
-        if self.nbins < 2 or self.nbins & (self.nbins - 1):
-            raise ValueError(f"nbins must be a power of two >= 2, got {self.nbins}")
-        if self.counts.size == 0:
-            self.counts = np.zeros(self.nbins, np.int64)
+        if self.initial_bins < 2:
+            raise ValueError(f"initial_bins must be >= 2, got {self.initial_bins}")
+
+    @property
+    def nbins(self) -> int:
+        return int(self.counts.size)
 
     @property
     def range(self) -> float:
-        """Upper edge R of the histogram (0 while only zeros were seen)."""
-        return 0.0 if self.scale is None else float(self.nbins / np.float64(self.scale))
+        """Upper edge of the last bin (0 while only zeros were seen)."""
+        return 0.0 if self.width is None else float(self.nbins * np.float64(self.width))
+
+    @property
+    def bin_width(self) -> float:
+        return 0.0 if self.width is None else float(self.width)
 
     @property
     def amax(self) -> float:
         return max(abs(self.min_value), abs(self.max_value)) if self.count else 0.0
 
     def edges(self) -> np.ndarray:
-        return np.arange(self.nbins + 1, dtype=np.float64) * (self.range / self.nbins)
+        return np.arange(self.nbins + 1, dtype=np.float64) * self.bin_width
 
-    def _grow_to(self, m: float) -> None:
-        assert self.scale is not None
-        k = 0
-        while float(np.float32(m) * (self.scale / np.float32(2**k))) >= self.nbins:
-            k += 1
-        if k == 0:
-            return
-        f = 2**k
-        merged = np.zeros(self.nbins, np.int64)
-        if f >= self.nbins:
-            merged[0] = self.counts.sum()
-        else:
-            merged[: self.nbins // f] = self.counts.reshape(-1, f).sum(axis=1)
-        self.counts = merged
-        self.scale = np.float32(self.scale / np.float32(f))
+    def bin_index(self, values: np.ndarray) -> np.ndarray:
+        """The bin of each value, in plain numpy (the kernel computes the same; tests compare the two)."""
+        if self.width is None or self.first_max is None:
+            raise ValueError("the histogram has no bin width yet")
+        return bin_index(values, self.width, self.first_max_quotient)
+
+    @property
+    def first_max_quotient(self) -> np.float32:
+        """float32(first_max / width), 2048 unless the width is subnormal: values with this quotient go to bin 2047."""
+        assert self.width is not None and self.first_max is not None
+        return np.float32(self.first_max / self.width)
+
+    def set_width(self, first_max: float) -> None:
+        """Fix the bin width from the max |x| of the first non-zero batch (``update`` does this itself)."""
+        m = np.float32(first_max)
+        if not m > 0 or not np.isfinite(m):
+            raise ValueError(f"the first range must be finite and positive, got {first_max}")
+        self.first_max = m
+        self.width = np.float32(m / np.float32(self.initial_bins))
+        self.counts = np.zeros(self.initial_bins, np.int64)
+        self.counts[0] += self.zeros
+        self.zeros = 0
+
+    def grow_to(self, m: float) -> None:
+        """Append bins until ``m`` (a max |x|) has its own bin."""
+        assert self.width is not None
+        if float(np.float32(abs(m)) / self.width) >= MAX_BINS:  # before any integer conversion can overflow
+            raise ValueError(
+                f"the range grew to {m:.6g}, more than {MAX_BINS // self.initial_bins}x the first batch's max "
+                f"{float(self.first_max or 0):.6g} (over {MAX_BINS} bins of the first batch's width)")
+        need = int(bin_index(np.array([m], np.float32), self.width, self.first_max_quotient)[0]) + 1
+        if need > self.nbins:
+            self.counts = np.concatenate([self.counts, np.zeros(need - self.nbins, np.int64)])
+
+    def observe(self, n: int, lo: float, hi: float) -> bool:
+        """Record a batch's size and min/max and size the bins for it. False when there is nothing to bin
+        (an all-zero batch before the width is known: its values are counted as zeros)."""
+        if n == 0:
+            return False
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"non-finite values in a histogram batch (min {lo}, max {hi})")
+        m = max(abs(lo), abs(hi))
+        if self.width is not None:
+            self.grow_to(m)  # may refuse: before anything of this batch is recorded
+        elif m > 0.0:
+            self.set_width(m)
+        self.min_value, self.max_value = min(self.min_value, lo), max(self.max_value, hi)
+        self.count += n
+        if self.width is None:
+            self.zeros += n
+            return False
+        return True
+
+    def add_counts(self, flat: np.ndarray) -> None:
+        """Bin ``flat`` (float32, contiguous, already ``observe``-d) into the counts; releases the GIL."""
+        assert self.width is not None
+        _kernels.abs_bin_counts(flat, self.width, self.first_max_quotient, self.counts)
 
     def update(self, x: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:
         """Add a batch. ``lo``/``hi`` (the batch min/max) may be passed when already computed."""
@@ -70,41 +133,19 @@ class AbsHistogram:
             return
         lo = float(flat.min()) if lo is None else lo
         hi = float(flat.max()) if hi is None else hi
-        self.min_value, self.max_value = min(self.min_value, lo), max(self.max_value, hi)
-        self.count += flat.size
-        m = max(abs(lo), abs(hi))
-        if self.scale is None:
-            if m == 0.0:
-                self.zeros += flat.size
-                return
-            scale = np.float32(self.nbins / m)
-            while float(np.float32(m) * scale) >= self.nbins:  # keep the max strictly inside the last bin
-                scale = np.nextafter(scale, np.float32(0))
-            self.scale = scale
-            self.counts[0] += self.zeros
-            self.zeros = 0
-        else:
-            self._grow_to(m)
-        self.counts += _bincount_abs(flat, self.scale, self.nbins)
+        if self.observe(flat.size, lo, hi):
+            self.add_counts(flat)
 
 
-def _bincount_abs(flat: np.ndarray, scale: np.float32, nbins: int) -> np.ndarray:
-    counts = np.zeros(nbins + 1, np.int64)
-    n = flat.size
-    fbuf = np.empty(min(n, _CHUNK), np.float32)
-    ibuf = np.empty(min(n, _CHUNK), np.intp)
-    for start in range(0, n, _CHUNK):
-        chunk = flat[start : start + _CHUNK]
-        f, i = fbuf[: chunk.size], ibuf[: chunk.size]
-        np.multiply(chunk, scale, out=f)
-        np.abs(f, out=f)
-        np.copyto(i, f, casting="unsafe")  # truncation == floor for non-negative values
-        counts += np.bincount(i, minlength=nbins + 1)[: nbins + 1]
-    # the scale always maps the largest |x| strictly below nbins, so the overflow bin stays empty
-    counts[nbins - 1] += counts[nbins]
-    return counts[:nbins]
+def bin_index(values: np.ndarray, width: np.float32, first_max_quotient: np.float32) -> np.ndarray:
+    """``trunc(float32(|x| / width))``, with the first range's closed right edge (quotient == 2048 -> 2047)."""
+    q = np.abs(np.asarray(values, np.float32)) / np.float32(width)
+    idx = q.astype(np.int64)
+    idx[q == first_max_quotient] -= 1
+    return idx
 
 
-def reference_histogram(values: np.ndarray, scale: np.float32, nbins: int = NUM_BINS) -> np.ndarray:
-    """Bin ``values`` in one go at a given scale (used to check streaming == one big histogram)."""
-    return _bincount_abs(np.ascontiguousarray(values, np.float32).reshape(-1), scale, nbins)
+def reference_histogram(values: np.ndarray, hist: AbsHistogram) -> np.ndarray:
+    """Bin ``values`` in one go with ``hist``'s width and number of bins (plain numpy, for tests)."""
+    idx = hist.bin_index(np.ascontiguousarray(values, np.float32).reshape(-1))
+    return np.bincount(idx, minlength=hist.nbins).astype(np.int64)  # longer than counts if a value lies outside

@@ -74,22 +74,19 @@ def entropy_divergences(bins: np.ndarray, start_bin: int = 128, num_levels: int 
 
 
 def entropy_amax(hist: AbsHistogram, start_bin: int = 128, num_levels: int = 128) -> float:
-    """EntropyCalibration2-style threshold for one tensor's |x| histogram."""
+    """EntropyCalibration2-style threshold for one tensor's |x| histogram: the upper edge of the best
+    candidate bin, as the reference returns it (``calib_bin_edges[i]``). The last bin always holds the max
+    (histogram.py), so the candidates run over every bin, as in the reference."""
     counts = hist.counts
-    nz = np.flatnonzero(counts)
-    if nz.size == 0 or hist.range == 0.0:
+    if hist.width is None or hist.nbins <= start_bin or not counts.any():
         return hist.amax
-    used = int(nz[-1]) + 1  # search up to the last non-empty bin, i.e. up to the observed max
-    if used <= start_bin:
-        return hist.amax
-    bins = counts[:used].astype(np.float64)
+    bins = counts.astype(np.float64)
     bins[0] = bins[1]
     if bins.sum() == 0:
         return hist.amax
     cands, kl = entropy_divergences(bins, start_bin, num_levels)
     best = len(kl) - 1 - int(np.argmin(kl[::-1]))
-    width = hist.range / hist.nbins
-    return min(float(cands[best]) * width, hist.amax)
+    return float(np.float32(cands[best] * np.float64(hist.width)))
 
 
 def percentile_amax(hist: AbsHistogram, percentile: float = 99.99) -> float:
@@ -104,21 +101,25 @@ def percentile_amax(hist: AbsHistogram, percentile: float = 99.99) -> float:
 
 
 def mse_amax(hist: AbsHistogram, start_bin: int = 128, qmax: int = 127) -> float:
-    """Threshold minimising the expected squared error of symmetric int8 fake quantisation."""
+    """Threshold minimising the expected squared error of symmetric int8 fake quantisation (bin centres as
+    values; candidates are the centres of bins ``start_bin`` .. last). Only non-empty bins contribute, and the
+    candidates go in chunks, so a range that grew to many bins costs time linear in them, not quadratic memory."""
     counts = hist.counts.astype(np.float64)
     nz = np.flatnonzero(counts)
     if nz.size == 0 or hist.range == 0.0:
         return hist.amax
     used = int(nz[-1]) + 1
     width = hist.range / hist.nbins
-    centers = (np.arange(used) + 0.5) * width
-    c = counts[:used]
-    cands = np.arange(min(start_bin, used - 1), used)
-    amaxes = centers[cands]
-    step = amaxes / qmax
-    q = np.clip(np.round(centers[None, :] / step[:, None]), -qmax, qmax) * step[:, None]
-    err = ((q - centers[None, :]) ** 2 * c[None, :]).sum(axis=1)
-    return min(float(amaxes[int(np.argmin(err))]), hist.amax)
+    centers = (nz + 0.5) * width
+    c = counts[nz]
+    amaxes = (np.arange(min(start_bin, used - 1), used) + 0.5) * width
+    errors = np.empty(amaxes.size)
+    chunk = max(1, (1 << 22) // max(1, nz.size))
+    for s in range(0, amaxes.size, chunk):
+        step = amaxes[s : s + chunk, None] / qmax
+        q = np.clip(np.round(centers[None, :] / step), -qmax, qmax) * step
+        errors[s : s + chunk] = ((q - centers[None, :]) ** 2 * c[None, :]).sum(axis=1)
+    return min(float(amaxes[int(np.argmin(errors))]), hist.amax)
 
 
 def max_amax(hist: AbsHistogram) -> float:

@@ -84,7 +84,23 @@ def finetune_options(args: argparse.Namespace) -> Any:
         return None
     from ..calib.finetune import FinetuneOptions
 
-    return FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr)
+    return FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr, max_memory=memory_budget(args))
+
+
+def add_memory_arg(g: argparse._ArgumentGroup) -> None:
+    """--max-memory, shared by the commands that calibrate, sweep or fine-tune."""
+    g.add_argument("--max-memory", metavar="SIZE",
+                   help="memory budget, e.g. 8G, 1500M (default: half of this host's RAM): calibration picks its "
+                   "batch per run and, when one image of every tensor does not fit, several passes over the data; "
+                   "sensitivity and fine-tuning shrink their batches to it")
+
+
+def memory_budget(args: argparse.Namespace) -> int | None:
+    """--max-memory in bytes, or None for the default (InputError for a bad size)."""
+    from ..calib.memory import parse_memory
+
+    text = getattr(args, "max_memory", None)
+    return None if text is None else parse_memory(text)
 
 
 def _nonfinite_at(obj: Any, where: str = "$") -> str | None:

@@ -10,7 +10,7 @@ from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common, add_finetune_args
+    from . import add_common, add_finetune_args, add_memory_arg
 
     p = sub.add_parser(
         "calibrate",
@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = p.add_argument_group("data")
     d.add_argument("--data", help="folder of images, a preprocessed FILE.npy (N,C,H,W), or 'demo' (bundled photos)")
     d.add_argument("--num-images", type=options.positive_int, help="calibration samples to use (default 256)")
-    d.add_argument("--batch-size", type=options.positive_int, help="samples per ONNX Runtime run (default 8); peak memory scales with it, not with --num-images")
+    d.add_argument("--batch-size", type=options.positive_int, help="calibration batch (default 8): its first batch sets every histogram's bin "
+                   "width, as in NVIDIA's calibrators; ONNX Runtime runs it whole or in parts, as --max-memory allows")
+    add_memory_arg(d)
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
                    help="threshold per tensor (default entropy); auto = MSE for non-negative tensors, entropy for signed")
@@ -62,9 +64,10 @@ def default_outdir(model: Path, name: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..calib import CalibrationOptions, calibrate
+    from ..calib.memory import default_budget, fmt_bytes, host_memory_bytes, peak_rss
     from ..progress import tqdm_factory
     from ..spec import CalibrationSpec, load_spec
-    from . import emit_json, finetune_options
+    from . import emit_json, finetune_options, memory_budget
 
     spec = load_spec(args.spec) if args.spec else None
     cs = spec.calibration if spec else CalibrationSpec()
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             num_images=cs.num_images if args.num_images is None else args.num_images,
             batch_size=cs.batch_size if args.batch_size is None else args.batch_size,
             trt_version=_trt_version(args) or "10.3.0",
+            max_memory=memory_budget(args),
         )
         finetune = finetune_options(args)
     except ValueError as exc:
@@ -92,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         progress=None if args.quiet or args.json else tqdm_factory,
     )
     if args.json:
-        emit_json(result.to_dict())
+        doc = result.to_dict()
+        doc["peak_rss_bytes"] = peak_rss()
+        emit_json(doc)
         return 0
     s = result.seconds
     print(f"calibrated {args.model} on {result.data}: {result.images} samples, {len(result.amax)} tensors, "
@@ -101,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  Q/DQ: {q.int8_layers} INT8 layers ({q.activations} activation tensors, {q.weights} weights per-channel), "
           f"{q.skipped_layers} kept above INT8 by the plan")
     print(f"  cache header TRT-{result.version_code}-EntropyCalibration2 (TensorRT {result.trt_version})")
+    if result.memory is not None:
+        default = "" if args.max_memory else (f" (default: half of this host's {fmt_bytes(host_memory_bytes())})"
+                                              if result.memory.budget == default_budget() else "")
+        print(f"  {result.memory.describe()}{default}; measured peak RSS {fmt_bytes(peak_rss())}")
     if "finetune+qdq" in s:
         print(f"  fine-tuned on {args.finetune_samples} samples in {s['finetune+qdq']:.0f}s: model.qdq.onnx holds the "
               "trained weights and ranges; the implicit path builds model.finetuned.onnx with calibration.finetuned.cache")

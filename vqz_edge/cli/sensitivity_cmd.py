@@ -11,7 +11,7 @@ from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common, add_finetune_args
+    from . import add_common, add_finetune_args, add_memory_arg
 
     p = sub.add_parser(
         "sensitivity",
@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--num-images", type=options.positive_int, default=256, help="samples for the sweep and the plan search (default 256)")
     d.add_argument("--verify-images", type=options.positive_int, default=1000,
                    help="with --target: further samples (after the sweep's) to verify the plan on (default 1000)")
-    d.add_argument("--batch-size", type=options.positive_int, default=32)
+    d.add_argument("--batch-size", type=options.positive_int, default=32, help="evaluation batch (default 32; smaller if --max-memory needs)")
+    add_memory_arg(d)
     s = p.add_argument_group("sweep")
     s.add_argument("--granularity", choices=["layer", "block"], default="layer",
                    help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
     from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
     from ..spec import load_spec
-    from . import emit_json, finetune_options
+    from . import emit_json, finetune_options, memory_budget
 
     spec = load_spec(args.spec) if args.spec else None
     preset = args.preset or (spec.precision.preset if spec else "none")
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         verify_images=args.verify_images, batch_size=args.batch_size, preset=preset,
         rules=spec.precision.rules if spec else (), method=args.method, percentile=args.percentile,
         output=args.output_name, refine=args.refine_thresholds, refine_data=args.refine_data,
-        refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data, progress=None if args.quiet or args.json else tqdm_factory,
+        refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data,
+        max_memory=memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
     )
     files = write_outputs(result, outdir, args.model, cache_version(cal))
     if args.report:

