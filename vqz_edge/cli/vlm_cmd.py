@@ -52,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--os-reserve-mib", type=float, help="override the target's OS + services reserve (MiB)")
     g.add_argument("--trt-version", help="TensorRT version on the device (default: the target's JetPack)")
     q = pl.add_argument_group("precision")
-    q.add_argument("--llm", default="nf4", choices=("fp16", "int8", "nf4", "int4"),
-                   help="LLM backbone weights (default nf4; embeddings and LM head stay fp16)")
+    q.add_argument("--llm", default="nf4", choices=("fp16", "int8", "nf4", "int4", "q4_0", "q4_k"),
+                   help="LLM backbone weights (default nf4 = bitsandbytes; q4_0 / q4_k = GGUF for llama.cpp; "
+                   "embeddings and LM head stay fp16)")
     q.add_argument("--vision", default="fp16", metavar="fp16|int8",
                    help="vision tower + connector (default fp16). Below INT8 is refused; int8 needs --fidelity-report")
     q.add_argument("--fidelity-report", type=Path, metavar="FILE",
@@ -62,12 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="cosine the fidelity report must reach for --vision int8 (default 0.99)")
     q.add_argument("--no-double-quant", action="store_true", help="plan NF4 without double quantization (4.5 bits)")
     w = pl.add_argument_group("workload")
-    w.add_argument("--context", type=int, default=2048, help="LLM sequence length incl. image tokens (default 2048)")
+    w.add_argument("--context", type=int, default=2048,
+                   help="LLM sequence length incl. image tokens (default 2048; clamped to the model's "
+                   "max_position_embeddings, with a note)")
     w.add_argument("--images", type=int, default=1, help="images per request (default 1)")
     w.add_argument("--batch", type=int, default=1, help="concurrent sequences (default 1)")
     w.add_argument("--image-size", type=_hw, metavar="HxW", help="LLaVA-NeXT: image size (default: the worst case)")
     w.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
-                   help="sdpa: fused kernels, no T^2 scores (default); eager: materialised attention scores")
+                   help="sdpa: fused kernels, no S^2 scores (default: transformers' default attn_implementation); "
+                   "eager: materialised attention scores")
     w.add_argument("--logits", default="last", choices=("last", "all"),
                    help="prefill logits for the last position (generate, default) or all positions (forward)")
     w.add_argument("--llm-runtime-mib", type=float, default=512.0,
@@ -185,7 +189,7 @@ def _run_all(args: argparse.Namespace) -> int:
         return 0
     print(seed_table_text(rows))
     print()
-    print(matrix_text(cells, args.context))
+    print(matrix_text(cells, args.context, args.attention))
     return 0
 
 
