@@ -1,4 +1,4 @@
-"""vqz-edge vlm plan|export|audit -- the asymmetric VLM recipe (vision + connector FP16, LLM 4-bit)."""
+"""vqz-edge vlm plan|export|audit|run|compare -- the asymmetric VLM recipe (vision + connector FP16, LLM 4-bit)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,65 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_common(au)
     au.set_defaults(func=run_audit)
 
+    ru = vsub.add_parser(
+        "run",
+        help="answer a prompt about a photo: vision ONNX/engine -> visual tokens -> 4-bit LLM, greedy",
+        description="The asymmetric recipe end to end: the vision tower + connector through vqz-edge's runner "
+        "(vision.onnx on ONNX Runtime, or its FP16 TensorRT engine on a Jetson), the visual tokens fed into the LLM "
+        "backbone loaded with the 4-bit config (bitsandbytes NF4; the loaded model is audited first), greedy "
+        "generation. Prints the text, tokens/s and peak memory.",
+    )
+    ru.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="transformers model directory (weights + processor)")
+    ru.add_argument("--image", "-i", required=True, type=Path, metavar="PHOTO", help="image file")
+    ru.add_argument("--prompt", "-p", required=True, metavar="TEXT",
+                    help="the question; the chat template (or the image token) is added unless it holds the image token")
+    _add_recipe_inputs(ru)
+    rg = ru.add_argument_group("generation")
+    rg.add_argument("--max-new-tokens", type=int, default=32, help="stop after this many tokens (default 32)")
+    rg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where the LLM runs (default: cuda when torch sees a GPU, else cpu)")
+    _add_vision_runtime(ru)
+    add_common(ru)
+    ru.set_defaults(func=run_run)
+
+    co = vsub.add_parser(
+        "compare",
+        help="FP16 vs asymmetric (vision FP16, LLM NF4) vs all-4-bit on the same images and prompts",
+        description="Load the model three times -- nothing quantized; the recipe (vision tower + connector through "
+        "vqz-edge's runner, LLM backbone NF4); everything but the LM head NF4 -- and measure on every image x prompt: "
+        "visual-token cosine per component (vision tower output, connector output) against FP16, next-token KL and "
+        "top-1 agreement over FP16's greedy sequence (teacher forcing), each variant's own text against FP16's, and "
+        "the weight bytes each holds.",
+    )
+    co.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    co.add_argument("--image", "-i", required=True, nargs="+", type=Path, metavar="PHOTO", help="image files")
+    co.add_argument("--prompt", "-p", required=True, nargs="+", metavar="TEXT", help="prompts (each asked about each image)")
+    _add_recipe_inputs(co)
+    cg = co.add_argument_group("generation")
+    cg.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer (default 16)")
+    cg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where the LLMs run (default: cuda when torch sees a GPU, else cpu)")
+    _add_vision_runtime(co)
+    add_common(co)
+    co.set_defaults(func=run_compare)
+
+
+def _add_recipe_inputs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe inputs")
+    g.add_argument("--vision", type=Path, metavar="DIR|ONNX|ENGINE",
+                   help="vision tower + connector: a `vlm export` directory, its vision.onnx, or the TensorRT engine "
+                   "built from it (default: export it first into a temporary directory)")
+    g.add_argument("--quantization-config", type=Path, metavar="FILE",
+                   help="bitsandbytes 4-bit config (default: the export directory's, else generated from the config)")
+
+
+def _add_vision_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("vision runtime")
+    g.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
+                   help="auto: TensorRT for engines, ONNX Runtime for .onnx (default)")
+    g.add_argument("--target", metavar="NAME", help="memory budget target for the vision runner (default: this host)")
+    g.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: its choice)")
+
 
 # ------------------------------------------------------------------------------------------------ plan
 
@@ -235,8 +294,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from ..vlm.errors import AuditFailed
     from . import emit_json
 
-    if not args.verbose:  # bitsandbytes warns at import that an optional CPU kernel package is absent (harmless)
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    _quiet_bitsandbytes(args)
     report = audit_directory(args.model_dir, args.quantization_config, dtype=args.dtype)
     if args.json:
         emit_json(report.to_dict())
@@ -245,4 +303,75 @@ def run_audit(args: argparse.Namespace) -> int:
     if not report.ok:
         print(f"vqz-edge vlm audit: FAIL: {len(report.failures)} problem(s); see above", file=sys.stderr)
         return AuditFailed.exit_code
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def _quiet_bitsandbytes(args: argparse.Namespace) -> None:
+    if not args.verbose:  # bitsandbytes warns at import that an optional CPU kernel package is absent (harmless)
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..memory import MIB
+    from ..progress import tqdm_factory
+    from ..vlm.run import RunOptions, run_vlm
+    from . import emit_json
+
+    _quiet_bitsandbytes(args)
+    try:
+        opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,
+                          target=args.target, threads=args.threads)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    res = run_vlm(args.model_dir, args.image, args.prompt, vision=args.vision,
+                  quantization_config=args.quantization_config, opts=opts,
+                  progress=None if (args.quiet or args.json) else tqdm_factory)
+    if args.json:
+        emit_json(res.to_dict())
+        return 0
+    g = res.generation
+    print(f"vqz-edge vlm run: {res.model} ({res.family}) on {res.image}")
+    print(f"  prompt: {res.prompt_tokens} tokens incl. {res.image_positions} image position(s); format: {res.prompt_format}")
+    print(f"  vision tower + connector: {res.vision} on {res.vision_backend}: visual tokens {res.visual_tokens} "
+          f"in {res.vision_seconds * 1000:.1f} ms")
+    print(f"  LLM backbone: bitsandbytes NF4, {res.llm_4bit_layers} Linear4bit layers on {res.device} "
+          f"(compute {res.compute_dtype}); audit {'PASS' if res.audit.ok else 'FAIL'}: vision side and LM head not "
+          f"quantized; config: {res.quantization_config}")
+    print(f"  generated {len(g.tokens)} tokens (stopped: {g.stopped}): {g.tokens_per_second:.1f} tokens/s decoding; "
+          f"prefill of {g.prompt_tokens} tokens {g.prefill_seconds * 1000:.0f} ms")
+    held = sum(res.llm_weight_bytes.values()) - res.vision_modules_dropped_bytes
+    cuda = f"; CUDA allocator peak {res.cuda_peak_bytes / MIB:.1f} MiB" if res.cuda_peak_bytes is not None else ""
+    print(f"  memory: process peak RSS {res.peak_rss_bytes / MIB:.1f} MiB; LLM weights held {held / MIB:.2f} MiB "
+          f"(vision modules of the checkpoint dropped after loading: {res.vision_modules_dropped_bytes / MIB:.2f} MiB)"
+          f"{cuda}")
+    for n in res.notes:
+        print(f"  note: {n}")
+    print(f"answer: {res.text!r}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..progress import tqdm_factory
+    from ..vlm.compare import compare_vlm
+    from ..vlm.run import RunOptions
+    from . import emit_json
+
+    _quiet_bitsandbytes(args)
+    try:
+        opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,
+                          target=args.target, threads=args.threads)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    report = compare_vlm(args.model_dir, args.image, args.prompt, vision=args.vision,
+                         quantization_config=args.quantization_config, opts=opts,
+                         progress=None if (args.quiet or args.json) else tqdm_factory)
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print(report.table())
     return 0
