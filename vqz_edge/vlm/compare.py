@@ -55,7 +55,15 @@ from .generate import (
     torch_vision_outputs,
 )
 from .params import iter_linear_modules
-from .run import RunOptions, VisionSource, eos_ids, for_device, pick_device, resolve_quant_config, resolve_vision
+from .run import (
+    RunOptions,
+    VisionSource,
+    eos_ids,
+    for_device,
+    pick_device,
+    resolve_quant_config,
+    resolve_vision,
+)
 
 _log = get_logger(__name__)
 
@@ -183,7 +191,8 @@ class CompareReport:
 def _kl(ref: np.ndarray, var: np.ndarray) -> np.ndarray:
     """KL(ref || var) per row of log-probabilities."""
     p = np.exp(ref)
-    return np.sum(p * (ref - var), axis=-1)
+    out: np.ndarray = np.sum(p * (ref - var), axis=-1)
+    return out
 
 
 def _agreement(ref: Sequence[int], own: Sequence[int]) -> tuple[bool, float, int | None]:

@@ -45,7 +45,12 @@ from .generate import (
     prepare_prompt,
     require_run_family,
 )
-from .quantconfig import QUANT_CONFIG_FILE, nf4_quantization_config, read_quantization_config, skip_modules_for_config
+from .quantconfig import (
+    QUANT_CONFIG_FILE,
+    nf4_quantization_config,
+    read_quantization_config,
+    skip_modules_for_config,
+)
 
 _log = get_logger(__name__)
 
