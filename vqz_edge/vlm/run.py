@@ -224,6 +224,8 @@ def run_vlm(
         raise InputError(f"vlm run needs a model directory with weights, got {model_dir}")
     notes: list[str] = []
     bar = make_bar(progress, "vlm run (steps)", 4)
+    processor = load_processor(model_dir)
+    p = prepare_prompt(processor, cfg, load_image(Path(image)), prompt)  # bad input fails before any work
     source = resolve_vision(model_dir, cfg, vision)
     with tempfile.TemporaryDirectory(prefix="vqz-vlm-run-") as tmp:
         if source is None:
@@ -237,9 +239,6 @@ def run_vlm(
         qc, dtype, note = for_device(quant.config, device)
         if note:
             notes.append(note)
-        processor = load_processor(model_dir)
-        photo = load_image(Path(image))
-        p = prepare_prompt(processor, cfg, photo, prompt)
         bar.update(1)
         runner = open_runner(source.artifact, backend=opts.backend, target=opts.target, threads=opts.threads,
                              check_memory=opts.check_memory)
