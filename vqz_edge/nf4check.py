@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .log import get_logger
 
@@ -40,25 +40,25 @@ class KernelCheck:
     ok: bool
     detail: str
     seconds: float = 0.0
-    dequant_max_err_of_absmax: Optional[float] = None
-    matmul_max_rel_err: Optional[float] = None
-    error: Optional[str] = None
+    dequant_max_err_of_absmax: float | None = None
+    matmul_max_rel_err: float | None = None
+    error: str | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
 class Nf4Status:
     available: bool  # True only when the kernel ran on a GPU and matched
-    gpu: Optional[str]
-    torch_version: Optional[str]
-    bitsandbytes_version: Optional[str]
+    gpu: str | None
+    torch_version: str | None
+    bitsandbytes_version: str | None
     message: str
-    hint: Optional[str]
-    checks: List[KernelCheck] = field(default_factory=list)
+    hint: str | None
+    checks: list[KernelCheck] = field(default_factory=list)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"nf4_available": self.available, "gpu": self.gpu, "torch": self.torch_version,
                 "bitsandbytes": self.bitsandbytes_version, "message": self.message, "hint": self.hint,
                 "checks": [c.to_dict() for c in self.checks]}
@@ -115,12 +115,12 @@ def check_nf4(*, cpu: bool = False) -> Nf4Status:
                          "install torch (on a Jetson: NVIDIA's JetPack wheel)")
     try:
         import bitsandbytes
-        bnb_version: Optional[str] = str(bitsandbytes.__version__)
+        bnb_version: str | None = str(bitsandbytes.__version__)
     except (ImportError, RuntimeError, OSError) as exc:
         return Nf4Status(False, None, torch.__version__, None,
                          f"NF4: not available -- bitsandbytes does not import ({type(exc).__name__}: {exc})",
                          BUILD_HINT)
-    checks: List[KernelCheck] = []
+    checks: list[KernelCheck] = []
     if cpu:
         checks.append(run_kernel_check("cpu"))
     if not torch.cuda.is_available():
