@@ -71,8 +71,10 @@ def run_kernel_check(device: str) -> KernelCheck:
 
     t0 = time.perf_counter()
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes
         import bitsandbytes.functional as bnbf
+
+        bnb: Any = bitsandbytes
 
         dtype = torch.float16 if device != "cpu" else torch.float32
         gen = torch.Generator().manual_seed(0)
