@@ -99,6 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     eg.add_argument("--min-cosine", type=float, default=0.9999, help="minimum visual-token cosine (default 0.9999)")
     eg.add_argument("--compute-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                     help="bnb_4bit_compute_dtype of the generated config (default float16)")
+    eg.add_argument("--llm-format", default="bnb", choices=("bnb", "gguf"),
+                    help="bnb: the bitsandbytes NF4 config for the LLM (default); gguf: also write the LLM backbone as "
+                    "GGUF for llama.cpp, every tensor verified against the FP16 weights (LLaVA with a Llama/Mistral LLM)")
+    eg.add_argument("--gguf-type", default="q4_0", choices=("q4_0",), help="GGUF weight type of the LLM (default q4_0)")
     add_common(ex)
     ex.set_defaults(func=run_export)
 
@@ -258,12 +262,13 @@ def _run_all(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..progress import tqdm_factory
-    from ..vlm.export import VisionExportOptions, export_vision
+    from ..vlm.export import ONNX_FILE, VisionExportOptions, export_vision
     from . import emit_json
 
     try:
         opts = VisionExportOptions(opset=args.opset, samples=args.samples, min_cosine=args.min_cosine,
-                                   compute_dtype=args.compute_dtype)
+                                   compute_dtype=args.compute_dtype, llm_format=args.llm_format,
+                                   gguf_type=args.gguf_type)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     res = export_vision(args.model_dir, args.output, opts, progress=None if (args.quiet or args.json) else tqdm_factory)
@@ -283,6 +288,14 @@ def run_export(args: argparse.Namespace) -> int:
           f"{res.layernorm_nodes} (kept for TensorRT)")
     print(f"  precision plan (all FP16): {res.plan_path}")
     print(f"  LLM NF4 config, {res.skip_modules} skip entries generated from the module tree: {res.quant_config_path}")
+    if res.gguf is not None:
+        g = res.gguf.to_dict()
+        print(f"  LLM GGUF {g['type'].upper()}: {g['path']} ({g['bytes'] / 1024:.1f} KiB; {g['quantized_tensors']} tensors "
+              f"{g['type'].upper()}, {g['tensors'] - g['quantized_tensors']} F16/F32: embeddings, LM head, norms; "
+              f"tokenizer {g['tokenizer']})")
+        print(f"    every tensor dequantized and compared with the FP16 weights: F16/F32 equal, {g['type'].upper()} blocks "
+              f"within {g['max_err_of_bound']:.3f} of the rounding bound, relative RMS error <= "
+              f"{g['max_rel_rms_err_quantized']:.1%}; the vision tower stays {ONNX_FILE} (FP16 TensorRT)")
     return 0
 
 

@@ -4,8 +4,9 @@ exercise export, quantization config, audit, ``vlm run`` and ``vlm compare`` on 
 seconds. Their text is meaningless (random weights): they prove the pipeline, never quality.
 
 :func:`save_tiny_model` also writes a processor (transformers' own ``LlavaProcessor`` / ``MllamaProcessor``)
-with a byte-level tokenizer built in code: ids 0-255 are the 256 bytes, 256-259 ``<pad> <s> </s> <unk>``, 300
-the image token, the rest unused specials -- 320 ids, the tiny models' vocabulary.
+with a byte-level BPE tokenizer built in code: ids 0-255 are the 256 bytes, 256-260 ``<pad> <s> </s> <unk>
+<|python_tag|>``, 261 the one merge (" t"), 300 the image token, the rest unused specials -- 320 ids, the tiny
+models' vocabulary.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PAD_ID, BOS_ID, EOS_ID, UNK_ID, PYTHON_TAG_ID, IMAGE_ID = 256, 257, 258, 259, 260, 300
+PAD_ID, BOS_ID, EOS_ID, UNK_ID, PYTHON_TAG_ID, MERGED_ID, IMAGE_ID = 256, 257, 258, 259, 260, 261, 300
 TINY_VOCAB = 320
 TINY_TEXT_LLAMA: dict[str, Any] = {
     "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -94,7 +95,12 @@ def tiny_tokenizer(family: str = "llava") -> Any:
     specials.update({PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>", UNK_ID: "<unk>", PYTHON_TAG_ID: "<|python_tag|>",
                      IMAGE_ID: "<|image|>" if family == "mllama" else "<image>"})
     vocab.update({name: i for i, name in specials.items()})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    # one merge (" t" -> one token): a BPE model with merges, which llama.cpp requires of a "gpt2" GGUF vocabulary
+    merged = ("\u0120", "t")  # byte-level BPE writes the space as U+0120 ("Ġ")
+    del specials[MERGED_ID]
+    vocab = {k: v for k, v in vocab.items() if v != MERGED_ID}
+    vocab["".join(merged)] = MERGED_ID
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[merged], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(name, special=True) for _, name in sorted(specials.items())])
