@@ -82,7 +82,8 @@ def require_gguf_model(cfg: VlmConfig, qtype: str) -> None:
 
 def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half q/k rows -> llama.cpp's interleaved RoPE layout (convert_hf_to_gguf.py's ``permute``)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    out: np.ndarray = w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return out
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,11 @@ def gguf_tensors(model: Any, cfg: VlmConfig) -> Iterator[GgufTensor]:
     def fp16(key: str) -> np.ndarray:
         if key not in state:
             raise InputError(f"{cfg.name}: the language model has no tensor {key!r} (transformers layout changed?)")
-        a = state[key].detach().float().cpu().numpy()
+        a: np.ndarray = state[key].detach().float().cpu().numpy()
         if not np.isfinite(a).all():
             raise InputError(f"{cfg.name}: tensor {key} has non-finite values")
-        return a.astype(np.float16).astype(np.float32)  # the FP16 weights the recipe starts from
+        out: np.ndarray = a.astype(np.float16).astype(np.float32)  # the FP16 weights the recipe starts from
+        return out
 
     yield GgufTensor("token_embd.weight", "embed_tokens.weight", "f16", fp16("embed_tokens.weight"))
     for i in range(t.num_hidden_layers):
