@@ -82,7 +82,7 @@ def test_a_failed_verification_leaves_no_file(tiny_llava: Path, tmp_path: Path, 
     import vqz_edge.vlm.gguf_export as ge
 
     real = gguf.quants.quantize
-    monkeypatch.setattr(ge._gguf().quants, "quantize", lambda a, t: real(a * 1.3, t))
+    monkeypatch.setattr(ge.import_gguf().quants, "quantize", lambda a, t: real(a * 1.3, t))
     out = tmp_path / "llm.gguf"
     with pytest.raises(VerificationError, match="do not match their FP16 weights"):
         write_llm_gguf(load_model(tiny_llava), load_vlm_config(tiny_llava), tiny_llava, out)
@@ -136,3 +136,45 @@ def test_llama_cpp_runs_the_gguf_like_transformers(tiny_llava: Path, tmp_path: P
     assert got.argmax(-1).tolist() == ref.argmax(-1).tolist()
     cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert cos.min() > 0.999
+
+
+def test_vlm_run_gguf_on_llama_cpp_equals_transformers_on_the_same_weights(tiny_llava: Path, tmp_path: Path) -> None:
+    """The Jetson-native route end to end: vision.onnx's visual tokens injected as embeddings into the Q4_0 GGUF on
+    llama.cpp give the same greedy tokens as transformers running the same dequantized weights and visual tokens."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip builds it from source)")
+    pytest.importorskip("skimage")
+    import skimage
+    import torch
+
+    from vqz_edge.data.images import load_image
+    from vqz_edge.vlm.generate import greedy_generate, load_processor, prepare_prompt
+    from vqz_edge.vlm.run import RunOptions, run_vlm
+
+    out = tmp_path / "export"
+    export_vision(tiny_llava, out, VisionExportOptions(samples=1, llm_format="gguf"))
+    image = Path(skimage.__file__).parent / "data" / "chelsea.png"
+    res = run_vlm(tiny_llava, image, "What animal is in the photo?", vision=out,
+                  opts=RunOptions(max_new_tokens=6, llm_format="gguf"))
+    assert res.audit is None and res.llm_format == "gguf q4_0 on llama.cpp" and len(res.generation.tokens) >= 1
+    # transformers with the GGUF's dequantized weights and the same visual tokens
+    model, cfg = load_model(tiny_llava, dtype="float32"), load_vlm_config(tiny_llava)
+    found = {t.name: t for t in gguf.GGUFReader(str(out / "llm.q4_0.gguf")).tensors}
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.language_model.layers):
+            for hf, gg in LINEAR_NAMES.items():
+                t, mod = found[f"blk.{i}.{gg}.weight"], layer.get_submodule(hf)
+                w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(mod.weight.shape)
+                n = {"attn_q": cfg.text.num_attention_heads, "attn_k": cfg.text.num_key_value_heads}.get(gg)
+                if n:
+                    w = w.reshape(n, w.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(mod.weight.shape)
+                mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+        for p in model.parameters():
+            p.data = p.data.half().float()
+    prompt = prepare_prompt(load_processor(tiny_llava), cfg, load_image(image), "What animal is in the photo?")
+    from vqz_edge.runtime import open_runner
+    from vqz_edge.vlm.generate import VisionStage
+
+    with open_runner(out / "vision.onnx") as runner:
+        visual = VisionStage(runner, cfg)(prompt)
+    ref = greedy_generate(model, cfg, prompt, visual, max_new_tokens=len(res.generation.tokens))
+    assert list(res.generation.tokens) == list(ref.tokens)

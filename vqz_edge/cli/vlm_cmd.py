@@ -139,6 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rg.add_argument("--max-new-tokens", type=int, default=32, help="stop after this many tokens (default 32)")
     rg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="where the LLM runs (default: cuda when torch sees a GPU, else cpu)")
+    rg.add_argument("--llm-format", default="bnb", choices=("bnb", "gguf"),
+                    help="bnb: transformers + bitsandbytes NF4 (default); gguf: the export's GGUF on llama.cpp "
+                    "(llama-cpp-python; needs --vision DIR from vlm export --llm-format gguf)")
     _add_vision_runtime(ru)
     add_common(ru)
     ru.set_defaults(func=run_run)
@@ -337,7 +340,7 @@ def run_run(args: argparse.Namespace) -> int:
     _quiet_bitsandbytes(args)
     try:
         opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,
-                          target=args.target, threads=args.threads)
+                          target=args.target, threads=args.threads, llm_format=args.llm_format)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     res = run_vlm(args.model_dir, args.image, args.prompt, vision=args.vision,
@@ -351,16 +354,22 @@ def run_run(args: argparse.Namespace) -> int:
     print(f"  prompt: {res.prompt_tokens} tokens incl. {res.image_positions} image position(s); format: {res.prompt_format}")
     print(f"  vision tower + connector: {res.vision} on {res.vision_backend}: visual tokens {res.visual_tokens} "
           f"in {res.vision_seconds * 1000:.1f} ms")
-    print(f"  LLM backbone: bitsandbytes NF4, {res.llm_4bit_layers} Linear4bit layers on {res.device} "
-          f"(compute {res.compute_dtype}); audit {'PASS' if res.audit.ok else 'FAIL'}: vision side and LM head not "
-          f"quantized; config: {res.quantization_config}")
+    if res.audit is not None:
+        print(f"  LLM backbone: bitsandbytes NF4, {res.llm_4bit_layers} Linear4bit layers on {res.device} "
+              f"(compute {res.compute_dtype}); audit {'PASS' if res.audit.ok else 'FAIL'}: vision side and LM head not "
+              f"quantized; config: {res.quantization_config}")
+    else:
+        print(f"  LLM backbone: {res.llm_format}: {res.quantization_config}")
     print(f"  generated {len(g.tokens)} tokens (stopped: {g.stopped}): {g.tokens_per_second:.1f} tokens/s decoding; "
           f"prefill of {g.prompt_tokens} tokens {g.prefill_seconds * 1000:.0f} ms")
-    held = sum(res.llm_weight_bytes.values()) - res.vision_modules_dropped_bytes
+    held = sum(res.llm_weight_bytes.values()) - res.vision_modules_dropped_bytes  # gguf: the file llama.cpp maps
     cuda = f"; CUDA allocator peak {res.cuda_peak_bytes / MIB:.1f} MiB" if res.cuda_peak_bytes is not None else ""
-    print(f"  memory: process peak RSS {res.peak_rss_bytes / MIB:.1f} MiB; LLM weights held {held / MIB:.2f} MiB "
-          f"(vision modules of the checkpoint dropped after loading: {res.vision_modules_dropped_bytes / MIB:.2f} MiB)"
-          f"{cuda}")
+    if res.audit is None:
+        print(f"  memory: process peak RSS {res.peak_rss_bytes / MIB:.1f} MiB; GGUF weights {held / MIB:.2f} MiB")
+    else:
+        print(f"  memory: process peak RSS {res.peak_rss_bytes / MIB:.1f} MiB; LLM weights held {held / MIB:.2f} MiB "
+              f"(vision modules of the checkpoint dropped after loading: {res.vision_modules_dropped_bytes / MIB:.2f} "
+              f"MiB){cuda}")
     for n in res.notes:
         print(f"  note: {n}")
     print(f"answer: {res.text!r}")

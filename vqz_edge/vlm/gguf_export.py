@@ -49,7 +49,7 @@ Q4_0_BOUND_OF_AMAX = 1.0 / 16 * (1 + 2e-3)
 Q4_0_CLIPPED_BOUND_OF_AMAX = 1.0 / 8 * (1 + 2e-3)
 
 
-def _gguf() -> Any:
+def import_gguf() -> Any:
     try:
         import gguf
     except ImportError as exc:
@@ -239,7 +239,7 @@ class GgufResult:
 def write_llm_gguf(model: Any, cfg: VlmConfig, model_dir: Path, out: Path, qtype: str = "q4_0") -> GgufResult:
     """Write the LLM backbone of ``model`` (loaded unquantized) to ``out`` and verify it (atomically: a file that
     fails verification is never left at ``out``)."""
-    gg = _gguf()
+    gg = import_gguf()
     require_gguf_model(cfg, qtype)
     t = cfg.text
     tensors = list(gguf_tensors(model, cfg))
@@ -289,7 +289,7 @@ def write_llm_gguf(model: Any, cfg: VlmConfig, model_dir: Path, out: Path, qtype
 
 def verify_gguf(path: Path, reference: Mapping[str, GgufTensor]) -> list[TensorCheck]:
     """Read ``path`` back, dequantize every tensor and compare it with ``reference`` (see the module docstring)."""
-    gg = _gguf()
+    gg = import_gguf()
     reader = gg.GGUFReader(str(path))
     found = {t.name: t for t in reader.tensors}
     missing = sorted(set(reference) - set(found))

@@ -45,6 +45,7 @@ from .generate import (
     prepare_prompt,
     require_run_family,
 )
+from .llamacpp import GgufBackbone, gguf_token_embeddings, prompt_embeddings
 from .quantconfig import (
     QUANT_CONFIG_FILE,
     nf4_quantization_config,
@@ -56,6 +57,7 @@ _log = get_logger(__name__)
 
 RUN_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
+LLM_FORMATS = ("bnb", "gguf")
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,11 @@ class RunOptions:
     target: str | None = None  # memory budget target for the vision runner (default: this host / the engine's)
     threads: int = 0
     check_memory: bool = True
+    llm_format: str = "bnb"  # bnb: transformers + bitsandbytes NF4; gguf: the export's GGUF on llama.cpp
 
     def __post_init__(self) -> None:
+        if self.llm_format not in LLM_FORMATS:
+            raise ValueError(f"--llm-format {self.llm_format!r} not in {LLM_FORMATS}")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.device not in DEVICES:
@@ -171,7 +176,7 @@ class VlmRunResult:
     quantization_config: str
     device: str
     compute_dtype: str
-    audit: AuditReport
+    audit: AuditReport | None
     generation: Generation
     text: str
     load_seconds: float
@@ -180,9 +185,12 @@ class VlmRunResult:
     llm_weight_bytes: dict[str, int]
     vision_modules_dropped_bytes: int
     notes: list[str] = field(default_factory=list)
+    llm_format: str = "bitsandbytes nf4"
 
     @property
     def llm_4bit_layers(self) -> int:
+        if self.audit is None:
+            return 0
         return sum(len(c.below_fp16) for c in self.audit.components if c.name == "llm_backbone")
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,9 +200,10 @@ class VlmRunResult:
             "image_positions": self.image_positions,
             "vision": {"artifact": self.vision, "backend": self.vision_backend, "visual_tokens": self.visual_tokens,
                        "seconds": round(self.vision_seconds, 4)},
-            "llm": {"format": "bitsandbytes nf4", "quantization_config": self.quantization_config,
+            "llm": {"format": self.llm_format, "quantization_config": self.quantization_config,
                     "device": self.device, "compute_dtype": self.compute_dtype,
-                    "linear_4bit_layers": self.llm_4bit_layers, "audit": self.audit.to_dict(),
+                    "linear_4bit_layers": self.llm_4bit_layers,
+                    "audit": self.audit.to_dict() if self.audit is not None else None,
                     "weight_bytes": self.llm_weight_bytes,
                     "vision_modules_dropped_bytes": self.vision_modules_dropped_bytes,
                     "load_seconds": round(self.load_seconds, 3)},
@@ -237,7 +246,7 @@ def run_vlm(
         quant = resolve_quant_config(cfg, quantization_config, source.export_dir)
         device = pick_device(opts.device)
         qc, dtype, note = for_device(quant.config, device)
-        if note:
+        if note and opts.llm_format == "bnb":
             notes.append(note)
         bar.update(1)
         runner = open_runner(source.artifact, backend=opts.backend, target=opts.target, threads=opts.threads,
@@ -247,6 +256,8 @@ def run_vlm(
             visual = stage(p)
             backend = str(runner.describe().get("backend", runner.backend))
         bar.update(1)
+    if opts.llm_format == "gguf":
+        return _run_gguf(cfg, source, p, visual, stage.seconds, backend, image, prompt, processor, opts, notes, bar)
     t0 = time.perf_counter()
     model = load_model(model_dir, qc, dtype=dtype, device=device)
     load_s = time.perf_counter() - t0
@@ -279,6 +290,39 @@ def run_vlm(
     )
     _log.info("vlm run %s: %d tokens, %.1f tokens/s", cfg.name, len(gen.tokens), gen.tokens_per_second)
     return result
+
+
+def _run_gguf(cfg: VlmConfig, source: VisionSource, p: Any, visual: Any, vision_s: float, backend: str,
+              image: Path | str, prompt: str, processor: Any, opts: RunOptions, notes: list[str], bar: Any) -> VlmRunResult:
+    """The Jetson-native route: the export's GGUF backbone on llama.cpp, fed the runner's visual tokens."""
+    if source.export_dir is None or not any(source.export_dir.glob("llm.*.gguf")):
+        raise InputError("--llm-format gguf needs a vlm export directory with the LLM GGUF (--vision DIR)",
+                         hint="vqz-edge vlm export MODEL_DIR -o DIR --llm-format gguf")
+    path = sorted(source.export_dir.glob("llm.*.gguf"))[0]
+    manifest = json.loads((source.export_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    want = (manifest.get("llm_gguf") or {}).get("sha256")
+    if want != sha256_file(path):
+        raise VerificationError(f"{path} does not match the sha256 in {source.export_dir / MANIFEST_FILE}",
+                                hint="re-export it (vlm export --llm-format gguf)")
+    t0 = time.perf_counter()
+    backbone = GgufBackbone(path, n_ctx=min(cfg.text.max_position_embeddings, p.length + opts.max_new_tokens + 1),
+                            threads=opts.threads)
+    try:
+        load_s = time.perf_counter() - t0
+        emb = prompt_embeddings(gguf_token_embeddings(path), p, visual)
+        bar.update(1)
+        gen = backbone.generate(emb, max_new_tokens=opts.max_new_tokens, eos_ids=eos_ids(processor, None))
+    finally:
+        backbone.close()
+    bar.update(1)
+    bar.close()
+    text = processor.tokenizer.decode(list(gen.tokens), skip_special_tokens=True)
+    return VlmRunResult(
+        cfg.name, cfg.family, str(image), prompt, p.prompt_format, p.length, p.image_positions, source.note, backend,
+        list(visual.shape), vision_s, f"{path.name} ({manifest['llm_gguf'].get('type', '?').upper()}, sha256 checked)",
+        "cpu", "llama.cpp", None, gen, text, load_s, peak_rss_bytes(), None, {"gguf_file": path.stat().st_size}, 0,
+        notes, llm_format=f"gguf {manifest['llm_gguf'].get('type', '?')} on llama.cpp",
+    )
 
 
 def eos_ids(processor: Any, model: Any) -> list[int]:
