@@ -70,11 +70,15 @@ class Explanation:
     terms: tuple[tuple[str, int], ...]
     residual: int  # the seed's own rounding / assumptions beyond the named terms
     seed_bytes: int = 0
+    convention: str | None = None  # the named accounting convention that reproduces the seed within CLOSE, if any
 
     @property
     def residual_label(self) -> str:
-        """Rounding when small; above ``CLOSE`` of the seed's number it is named as unexplained, not rounding."""
+        """Rounding when small; above ``CLOSE`` of the seed's number it is the seed's own convention when one
+        reproduces it, else named as unexplained -- never called rounding."""
         if self.seed_bytes and abs(self.residual) > CLOSE * self.seed_bytes:
+            if self.convention:
+                return f"the seed's accounting ({self.convention})"
             return "not explained by any named cause (an assumption the seed does not state)"
         return "seed rounding/other"
 
@@ -186,8 +190,10 @@ def seed_rows(names: Sequence[str] = SHIPPED) -> list[SeedRow]:
         for c in COLUMNS:
             s = seed.get(c)
             if s is not None and seed["nominal_b"] is not None:
-                expl[c] = explain(pc, c, float(s), float(seed["nominal_b"]))
                 close[c] = closest_formula(pc, c, float(s), float(seed["nominal_b"]))
+                e = explain(pc, c, float(s), float(seed["nominal_b"]))
+                formula, _, rel = close[c]
+                expl[c] = replace(e, convention=formula) if abs(rel) < CLOSE else e
         rows.append(SeedRow(name, pc.total, ours, nodq, dict(seed), expl, close))
     return rows
 
