@@ -128,7 +128,7 @@ def test_int8_implicit_from_offline_cache(workdir: Path) -> None:
     import tensorrt
 
     from vqz_edge.calib.cache import read_cache
-    from vqz_edge.trt.compat import parse_trt_version
+    from vqz_edge.versions import parse_trt_version
 
     version = parse_trt_version(str(tensorrt.__version__))
     if not version.supports_implicit_int8:

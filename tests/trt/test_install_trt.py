@@ -33,8 +33,8 @@ def test_install_tensorrt_on_device(tmp_path: Path) -> None:
         install_bundle,
         status,
     )
-    from vqz_edge.bundle.device import detect_device, identify_targets
     from vqz_edge.bundle.plan_header import read_plan_header
+    from vqz_edge.device import detect_device, identify_targets
     from vqz_edge.targets import jetpack_table, list_targets
 
     device = detect_device(want_tensorrt=True)
