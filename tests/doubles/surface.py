@@ -40,7 +40,7 @@ class Surface:
     def has_class(self, qual: str) -> bool:
         return qual in self.classes
 
-    @functools.cache  # noqa: B019 -- a Surface lives as long as the test session
+    @functools.lru_cache(maxsize=None)  # noqa: B019 -- a Surface lives as long as the test session
     def members(self, qual: str) -> frozenset[str]:
         """Every attribute name an instance (or the class) of ``qual`` has, bases included."""
         c = self.classes[qual]
@@ -60,7 +60,7 @@ class Surface:
                 names |= self.members(base)
         return frozenset(names)
 
-    @functools.cache  # noqa: B019
+    @functools.lru_cache(maxsize=None)  # noqa: B019
     def writable(self, qual: str) -> frozenset[str]:
         c = self.classes[qual]
         names = set(c.get("properties", ()))
@@ -73,7 +73,7 @@ class Surface:
         return list(self.classes[qual].get("values", ()))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def load_surface(filename: str) -> Surface:
     path = API_DIR / filename
     return Surface(json.loads(path.read_text(encoding="utf-8")), filename)

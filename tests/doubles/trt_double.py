@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.machinery
 import json
 import struct
 import sys
@@ -1667,6 +1668,7 @@ def make_module(key: str = "10.3", *, version: str | None = None, gpu: str = "or
             st.cls[qual].__enter__ = enter
             st.cls[qual].__exit__ = lambda this, *exc: None
     mod = types.ModuleType("tensorrt")
+    mod.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # as an imported module has (find_spec reads it)
     mod.__doc__ = f"TensorRT {st.version_string} test double (API: {surface.source})"
     values: dict[str, Any] = {**{q: v for q, v in st.cls.items() if "." not in q},
                               **{q: v for q, v in st.enum.items() if "." not in q},

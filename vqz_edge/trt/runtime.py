@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 _log = get_logger(__name__)
 
-BudgetCallback = Callable[[int, str], None]
+BudgetCallback = typing.Callable[[int, str], None]  # typing: Python 3.8
 """Called with (free bytes, where the number came from) before deserialising; raises BudgetError to refuse."""
 
 _NUMPY_DTYPES: dict[str, type[np.generic]] = {
