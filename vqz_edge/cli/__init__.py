@@ -30,7 +30,7 @@ WORKSTATION_COMMANDS = ("demo", "data", "export", "calibrate", "evaluate", "plan
 # Listed in --help order; a module that does not exist yet is skipped.
 COMMAND_MODULES = [
     "demo", "data", "export", "calibrate", "evaluate", "plan", "sensitivity", "build", "targets",
-    "check_memory", "run", "bench", "vlm", "keys", "bundle", "install", "rollback", "status", "fleet",
+    "check_memory", "run", "bench", "vlm", "doctor", "keys", "bundle", "install", "rollback", "status", "fleet",
 ]
 
 

@@ -1,4 +1,4 @@
-"""vqz-edge vlm plan|export|audit -- the asymmetric VLM recipe (vision + connector FP16, LLM 4-bit)."""
+"""vqz-edge vlm plan|export|audit|run|compare -- the asymmetric VLM recipe (vision + connector FP16, LLM 4-bit)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--os-reserve-mib", type=options.mib, help="override the target's OS + services reserve (MiB)")
     g.add_argument("--trt-version", help="TensorRT version on the device (default: the target's JetPack)")
     q = pl.add_argument_group("precision")
-    q.add_argument("--llm", default="nf4", choices=("fp16", "int8", "nf4", "int4"),
-                   help="LLM backbone weights (default nf4; embeddings and LM head stay fp16)")
+    q.add_argument("--llm", default="nf4", choices=("fp16", "int8", "nf4", "int4", "q4_0", "q4_k"),
+                   help="LLM backbone weights (default nf4 = bitsandbytes; q4_0 / q4_k = GGUF for llama.cpp; "
+                   "embeddings and LM head stay fp16)")
     q.add_argument("--vision", default="fp16", metavar="fp16|int8",
                    help="vision tower + connector (default fp16). Below INT8 is refused; int8 needs --fidelity-report")
     q.add_argument("--fidelity-report", type=Path, metavar="FILE",
@@ -52,12 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="cosine the fidelity report must reach for --vision int8 (default 0.99)")
     q.add_argument("--no-double-quant", action="store_true", help="plan NF4 without double quantization (4.5 bits)")
     w = pl.add_argument_group("workload")
-    w.add_argument("--context", type=options.positive_int, default=2048, help="LLM sequence length incl. image tokens (default 2048)")
+    w.add_argument("--context", type=options.positive_int, default=2048,
+                   help="LLM sequence length incl. image tokens (default 2048; clamped to the model's "
+                   "max_position_embeddings, with a note)")
     w.add_argument("--images", type=options.positive_int, default=1, help="images per request (default 1)")
     w.add_argument("--batch", type=options.positive_int, default=1, help="concurrent sequences (default 1)")
     w.add_argument("--image-size", type=options.image_size, metavar="HxW", help="LLaVA-NeXT: image size (default: the worst case)")
     w.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
-                   help="sdpa: fused kernels, no T^2 scores (default); eager: materialised attention scores")
+                   help="sdpa: fused kernels, no S^2 scores (default: transformers' default attn_implementation); "
+                   "eager: materialised attention scores")
     w.add_argument("--logits", default="last", choices=("last", "all"),
                    help="prefill logits for the last position (generate, default) or all positions (forward)")
     w.add_argument("--llm-runtime-mib", type=options.mib, default=512.0,
@@ -85,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     eg.add_argument("--min-cosine", type=options.unit_fraction, default=0.9999, help="minimum visual-token cosine (default 0.9999)")
     eg.add_argument("--compute-dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                     help="bnb_4bit_compute_dtype of the generated config (default float16)")
+    eg.add_argument("--llm-format", default="bnb", choices=("bnb", "gguf"),
+                    help="bnb: the bitsandbytes NF4 config for the LLM (default); gguf: also write the LLM backbone as "
+                    "GGUF for llama.cpp, every tensor verified against the FP16 weights (LLaVA with a Llama/Mistral LLM)")
+    eg.add_argument("--gguf-type", default="q4_0", choices=("q4_0",), help="GGUF weight type of the LLM (default q4_0)")
     add_common(ex)
     ex.set_defaults(func=run_export)
 
@@ -103,6 +111,68 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="dtype of what stays unquantized (default: the checkpoint's)")
     add_common(au)
     au.set_defaults(func=run_audit)
+
+    ru = vsub.add_parser(
+        "run",
+        help="answer a prompt about a photo: vision ONNX/engine -> visual tokens -> 4-bit LLM, greedy",
+        description="The asymmetric recipe end to end: the vision tower + connector through vqz-edge's runner "
+        "(vision.onnx on ONNX Runtime, or its FP16 TensorRT engine on a Jetson), the visual tokens fed into the LLM "
+        "backbone loaded with the 4-bit config (bitsandbytes NF4; the loaded model is audited first), greedy "
+        "generation. Prints the text, tokens/s and peak memory.",
+    )
+    ru.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="transformers model directory (weights + processor)")
+    ru.add_argument("--image", "-i", required=True, type=Path, metavar="PHOTO", help="image file")
+    ru.add_argument("--prompt", "-p", required=True, metavar="TEXT",
+                    help="the question; the chat template (or the image token) is added unless it holds the image token")
+    _add_recipe_inputs(ru)
+    rg = ru.add_argument_group("generation")
+    rg.add_argument("--max-new-tokens", type=options.positive_int, default=32, help="stop after this many tokens (default 32)")
+    rg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where the LLM runs (default: cuda when torch sees a GPU, else cpu)")
+    rg.add_argument("--llm-format", default="bnb", choices=("bnb", "gguf"),
+                    help="bnb: transformers + bitsandbytes NF4 (default); gguf: the export's GGUF on llama.cpp "
+                    "(llama-cpp-python; needs --vision DIR from vlm export --llm-format gguf)")
+    _add_vision_runtime(ru)
+    add_common(ru)
+    ru.set_defaults(func=run_run)
+
+    co = vsub.add_parser(
+        "compare",
+        help="FP16 vs asymmetric (vision FP16, LLM NF4) vs all-4-bit on the same images and prompts",
+        description="Load the model three times -- nothing quantized; the recipe (vision tower + connector through "
+        "vqz-edge's runner, LLM backbone NF4); everything but the LM head NF4 -- and measure on every image x prompt: "
+        "visual-token cosine per component (vision tower output, connector output) against FP16, next-token KL and "
+        "top-1 agreement over FP16's greedy sequence (teacher forcing), each variant's own text against FP16's, and "
+        "the weight bytes each holds.",
+    )
+    co.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    co.add_argument("--image", "-i", required=True, nargs="+", type=Path, metavar="PHOTO", help="image files")
+    co.add_argument("--prompt", "-p", required=True, nargs="+", metavar="TEXT", help="prompts (each asked about each image)")
+    _add_recipe_inputs(co)
+    cg = co.add_argument_group("generation")
+    cg.add_argument("--max-new-tokens", type=options.positive_int, default=16, help="greedy tokens per answer (default 16)")
+    cg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where the LLMs run (default: cuda when torch sees a GPU, else cpu)")
+    _add_vision_runtime(co)
+    add_common(co)
+    co.set_defaults(func=run_compare)
+
+
+def _add_recipe_inputs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe inputs")
+    g.add_argument("--vision", type=Path, metavar="DIR|ONNX|ENGINE",
+                   help="vision tower + connector: a `vlm export` directory, its vision.onnx, or the TensorRT engine "
+                   "built from it (default: export it first into a temporary directory)")
+    g.add_argument("--quantization-config", type=Path, metavar="FILE",
+                   help="bitsandbytes 4-bit config (default: the export directory's, else generated from the config)")
+
+
+def _add_vision_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("vision runtime")
+    g.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
+                   help="auto: TensorRT for engines, ONNX Runtime for .onnx (default)")
+    g.add_argument("--target", metavar="NAME", help="memory budget target for the vision runner (default: this host)")
+    g.add_argument("--threads", type=options.nonnegative_int, default=0, help="ONNX Runtime intra-op threads (default: its choice)")
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -175,7 +245,7 @@ def _run_all(args: argparse.Namespace) -> int:
         return 0
     print(seed_table_text(rows))
     print()
-    print(matrix_text(cells, args.context))
+    print(matrix_text(cells, args.context, args.attention))
     return 0
 
 
@@ -185,12 +255,13 @@ def _run_all(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..progress import tqdm_factory
-    from ..vlm.export import VisionExportOptions, export_vision
+    from ..vlm.export import ONNX_FILE, VisionExportOptions, export_vision
     from . import emit_json
 
     try:
         opts = VisionExportOptions(opset=args.opset, samples=args.samples, min_cosine=args.min_cosine,
-                                   compute_dtype=args.compute_dtype)
+                                   compute_dtype=args.compute_dtype, llm_format=args.llm_format,
+                                   gguf_type=args.gguf_type)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     res = export_vision(args.model_dir, args.output, opts, progress=None if (args.quiet or args.json) else tqdm_factory)
@@ -210,6 +281,14 @@ def run_export(args: argparse.Namespace) -> int:
           f"{res.layernorm_nodes} (kept for TensorRT)")
     print(f"  precision plan (all FP16): {res.plan_path}")
     print(f"  LLM NF4 config, {res.skip_modules} skip entries generated from the module tree: {res.quant_config_path}")
+    if res.gguf is not None:
+        g = res.gguf.to_dict()
+        print(f"  LLM GGUF {g['type'].upper()}: {g['path']} ({g['bytes'] / 1024:.1f} KiB; {g['quantized_tensors']} tensors "
+              f"{g['type'].upper()}, {g['tensors'] - g['quantized_tensors']} F16/F32: embeddings, LM head, norms; "
+              f"tokenizer {g['tokenizer']})")
+        print(f"    every tensor dequantized and compared with the FP16 weights: F16/F32 equal, {g['type'].upper()} blocks "
+              f"within {g['max_err_of_bound']:.3f} of the rounding bound, relative RMS error <= "
+              f"{g['max_rel_rms_err_quantized']:.1%}; the vision tower stays {ONNX_FILE} (FP16 TensorRT)")
     return 0
 
 
@@ -221,8 +300,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from ..vlm.errors import AuditFailed
     from . import emit_json
 
-    if not args.verbose:  # bitsandbytes warns at import that an optional CPU kernel package is absent (harmless)
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    _quiet_bitsandbytes(args)
     report = audit_directory(args.model_dir, args.quantization_config, dtype=args.dtype)
     if args.json:
         emit_json(report.to_dict())
@@ -231,4 +309,81 @@ def run_audit(args: argparse.Namespace) -> int:
     if not report.ok:
         print(f"vqz-edge vlm audit: FAIL: {len(report.failures)} problem(s); see above", file=sys.stderr)
         return AuditFailed.exit_code
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def _quiet_bitsandbytes(args: argparse.Namespace) -> None:
+    if not args.verbose:  # bitsandbytes warns at import that an optional CPU kernel package is absent (harmless)
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..memory import MIB
+    from ..progress import tqdm_factory
+    from ..vlm.run import RunOptions, run_vlm
+    from . import emit_json
+
+    _quiet_bitsandbytes(args)
+    try:
+        opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,
+                          target=args.target, threads=args.threads, llm_format=args.llm_format)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    res = run_vlm(args.model_dir, args.image, args.prompt, vision=args.vision,
+                  quantization_config=args.quantization_config, opts=opts,
+                  progress=None if (args.quiet or args.json) else tqdm_factory)
+    if args.json:
+        emit_json(res.to_dict())
+        return 0
+    g = res.generation
+    print(f"vqz-edge vlm run: {res.model} ({res.family}) on {res.image}")
+    print(f"  prompt: {res.prompt_tokens} tokens incl. {res.image_positions} image position(s); format: {res.prompt_format}")
+    print(f"  vision tower + connector: {res.vision} on {res.vision_backend}: visual tokens {res.visual_tokens} "
+          f"in {res.vision_seconds * 1000:.1f} ms")
+    if res.audit is not None:
+        print(f"  LLM backbone: bitsandbytes NF4, {res.llm_4bit_layers} Linear4bit layers on {res.device} "
+              f"(compute {res.compute_dtype}); audit {'PASS' if res.audit.ok else 'FAIL'}: vision side and LM head not "
+              f"quantized; config: {res.quantization_config}")
+    else:
+        print(f"  LLM backbone: {res.llm_format}: {res.quantization_config}")
+    print(f"  generated {len(g.tokens)} tokens (stopped: {g.stopped}): {g.tokens_per_second:.1f} tokens/s decoding; "
+          f"prefill of {g.prompt_tokens} tokens {g.prefill_seconds * 1000:.0f} ms")
+    held = sum(res.llm_weight_bytes.values()) - res.vision_modules_dropped_bytes  # gguf: the file llama.cpp maps
+    cuda = f"; CUDA allocator peak {res.cuda_peak_bytes / MIB:.1f} MiB" if res.cuda_peak_bytes is not None else ""
+    if res.audit is None:
+        print(f"  memory: process peak RSS {res.peak_rss_bytes / MIB:.1f} MiB; GGUF weights {held / MIB:.2f} MiB")
+    else:
+        print(f"  memory: process peak RSS {res.peak_rss_bytes / MIB:.1f} MiB; LLM weights held {held / MIB:.2f} MiB "
+              f"(vision modules of the checkpoint dropped after loading: {res.vision_modules_dropped_bytes / MIB:.2f} "
+              f"MiB){cuda}")
+    for n in res.notes:
+        print(f"  note: {n}")
+    print(f"answer: {res.text!r}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..progress import tqdm_factory
+    from ..vlm.compare import compare_vlm
+    from ..vlm.run import RunOptions
+    from . import emit_json
+
+    _quiet_bitsandbytes(args)
+    try:
+        opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,
+                          target=args.target, threads=args.threads)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    report = compare_vlm(args.model_dir, args.image, args.prompt, vision=args.vision,
+                         quantization_config=args.quantization_config, opts=opts,
+                         progress=None if (args.quiet or args.json) else tqdm_factory)
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print(report.table())
     return 0

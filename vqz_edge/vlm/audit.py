@@ -190,8 +190,10 @@ def _some(names: Sequence[str], k: int = 4) -> str:
     return ", ".join(names[:k]) + (f" ... (+{len(names) - k} more)" if len(names) > k else "")
 
 
-def load_model(model_dir: Path, quantization_config: Mapping[str, Any] | None = None, *, dtype: str | None = None) -> Any:
-    """Load a transformers VLM from ``model_dir`` on the CPU, quantized with ``quantization_config`` if given.
+def load_model(model_dir: Path, quantization_config: Mapping[str, Any] | None = None, *, dtype: str | None = None,
+               device: str | None = None) -> Any:
+    """Load a transformers VLM from ``model_dir`` (on the CPU, or ``device`` such as ``cuda``), quantized with
+    ``quantization_config`` if given.
 
     ``dtype`` (``float16``, ``bfloat16``, ``float32``) sets the dtype of what stays unquantized; default: the
     checkpoint's own."""
@@ -217,6 +219,8 @@ def load_model(model_dir: Path, quantization_config: Mapping[str, Any] | None = 
             ) from exc
         bnb_config: Any = BitsAndBytesConfig
         kwargs["quantization_config"] = bnb_config.from_dict(dict(quantization_config))
+    if device is not None and device != "cpu":
+        kwargs["device_map"] = device
     from transformers.utils import logging as hf_log_module
 
     hf_logging: Any = hf_log_module

@@ -40,6 +40,7 @@ from ..log import get_logger
 from ..onnx_io import count_ops, graph_inputs, graph_outputs
 from ..progress import ProgressFactory, make_bar
 from .configs import VlmConfig, load_vlm_config
+from .gguf_export import GgufResult, gguf_file_name, require_gguf_model, write_llm_gguf
 from .params import VISION_SIDE, component_of
 from .quantconfig import (
     QUANT_CONFIG_FILE,
@@ -57,6 +58,7 @@ ONNX_FILE = "vision.onnx"
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "vlm_export.json"
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+LLM_FORMATS = ("bnb", "gguf")
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit: above this the ONNX is saved with external data
 
 
@@ -66,9 +68,13 @@ class VisionExportOptions:
     samples: int = 4
     min_cosine: float = 0.9999
     compute_dtype: str = "float16"  # bnb_4bit_compute_dtype of the generated config
+    llm_format: str = "bnb"  # bnb: the bitsandbytes NF4 config only; gguf: also the LLM backbone as a verified GGUF
+    gguf_type: str = "q4_0"
     version: int = EXPORT_VERSION
 
     def __post_init__(self) -> None:
+        if self.llm_format not in LLM_FORMATS:
+            raise ValueError(f"--llm-format {self.llm_format!r} not in {LLM_FORMATS}")
         if not 14 <= self.opset <= 23:
             raise ValueError(f"opset must be within 14..23 for transformer exports, got {self.opset}")
         if self.samples < 1:
@@ -101,6 +107,7 @@ class VisionExportResult:
     seconds: float
     data_note: str
     extra: dict[str, Any] = field(default_factory=dict)
+    gguf: GgufResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,6 +301,8 @@ def export_vision(
     opts = opts or VisionExportOptions()
     t0 = time.perf_counter()
     cfg = load_vlm_config(Path(model_dir))
+    if opts.llm_format == "gguf":
+        require_gguf_model(cfg, opts.gguf_type)  # refuse before any work
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output {out_dir} exists and is not a directory")
@@ -353,6 +362,9 @@ def export_vision(
     skip = generated_skip_modules(model)
     qc = nf4_quantization_config(skip, compute_dtype=opts.compute_dtype)
     out_dir.mkdir(exist_ok=True)
+    gguf = None
+    if opts.llm_format == "gguf":  # verified tensor by tensor against the FP16 weights before it is in place
+        gguf = write_llm_gguf(model, cfg, Path(model_dir), out_dir / gguf_file_name(opts.gguf_type), opts.gguf_type)
     onnx_path, plan_path = out_dir / ONNX_FILE, out_dir / PLAN_FILE
     qc_path, manifest_path = out_dir / QUANT_CONFIG_FILE, out_dir / MANIFEST_FILE
     _save_onnx(new, onnx_path)
@@ -366,6 +378,9 @@ def export_vision(
         count_ops(new, "BatchNormalization"), count_ops(new, "LayerNormalization"), len(new.graph.node), len(skip),
         time.perf_counter() - t0, note,
     )
+    if gguf is not None:
+        result.extra["gguf"] = gguf.to_dict()
+        result.gguf = gguf
     manifest = {
         "version": EXPORT_VERSION,
         "source": {"model_dir": str(model_dir), "config_sha256": _config_sha(Path(model_dir)), "model": cfg.name,
@@ -379,6 +394,11 @@ def export_vision(
         "llm": {"quantization_config": QUANT_CONFIG_FILE, "sha256": sha256_file(qc_path), "format": "bitsandbytes nf4",
                 "skip_modules": len(skip)},
     }
+    if gguf is not None:
+        manifest["llm_gguf"] = {"file": gguf.path.name, "sha256": gguf.sha256, "type": gguf.qtype,
+                                "tokenizer": gguf.tokenizer, "tensors": len(gguf.checks),
+                                "max_err_of_bound": gguf.worst.max_err_of_bound,
+                                "vision": f"not in the GGUF: {ONNX_FILE} (FP16 TensorRT engine) gives the image embeddings"}
     atomic_write_json(manifest_path, manifest)
     bar.update(1)
     bar.close()

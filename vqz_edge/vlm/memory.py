@@ -14,6 +14,10 @@ nf4       bitsandbytes NF4 (``Linear4bit``): 4 bits per weight (two per byte) + 
           256 blocks, plus one fp32 offset per tensor: 8/64 + 32/(64*256) = 0.127 bit per weight (4.127 bits)
 int4      W4A16 with group size 128 (AWQ / GPTQ / TensorRT-LLM INT4-AWQ layout): 4 bits per weight + per group
           of 128 input channels one fp16 scale and one 4-bit zero point per output channel (4.156 bits)
+q4_0      GGUF Q4_0 (llama.cpp): blocks of 32 weights along a row, one fp16 scale + 16 bytes of 4-bit values
+          = 18 bytes per 32 weights (4.5 bits)
+q4_k      GGUF Q4_K (llama.cpp K-quant): super-blocks of 256 weights, fp16 scale and min + 12 bytes of 6-bit
+          sub-block scales/mins + 128 bytes of 4-bit values = 144 bytes per 256 weights (4.5 bits)
 ========  ====================================================================================================
 
 KV cache: ``2 x layers x kv_heads x head_dim x tokens x batch x 2 bytes`` (FP16; GQA aware: kv_heads, not
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..log import get_logger
 from ..memory import MIB, BudgetReport, MemoryItem, check_budget, runtime_overhead
 from ..targets import Target
@@ -44,7 +49,11 @@ from .params import COMPONENTS, LinearGroup, ParamCount, count_params
 _log = get_logger(__name__)
 
 PLAN_VERSION = 1
-PRECISIONS = ("fp16", "int8", "nf4", "int4")
+PRECISIONS = ("fp16", "int8", "nf4", "int4", "q4_0", "q4_k")
+#: LLM weight formats that llama.cpp runs from a GGUF file (``vlm export --llm-format gguf``).
+GGUF_PRECISIONS = ("q4_0", "q4_k")
+#: Block size (weights along a row) and bytes per block of the GGUF formats.
+GGUF_BLOCKS = {"q4_0": (32, 18), "q4_k": (256, 144)}
 VISION_PRECISIONS = ("fp16", "int8")
 #: Formats below INT8 that are refused for the vision side (with the reason), whatever the runtime.
 BELOW_INT8 = ("nf4", "fp4", "int4", "int3", "int2", "w4a16", "awq", "gptq", "q4_0", "q4_k_m", "q4f16")
@@ -77,6 +86,9 @@ def bits_per_weight(precision: str, *, double_quant: bool = True) -> float:
         return 4.0 + (8 / NF4_BLOCK + 32 / (NF4_BLOCK * NF4_DQ_BLOCK) if double_quant else 32 / NF4_BLOCK)
     if precision == "int4":
         return 4.0 + (16 + 4) / INT4_GROUP
+    if precision in GGUF_BLOCKS:
+        block, nbytes = GGUF_BLOCKS[precision]
+        return 8.0 * nbytes / block
     raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
 
 
@@ -96,6 +108,9 @@ def linear_weight_bytes(in_features: int, out_features: int, precision: str, *, 
     if precision == "int4":
         groups = math.ceil(in_features / INT4_GROUP)
         return math.ceil(n / 2) + groups * out_features * 2 + math.ceil(groups * out_features / 2)
+    if precision in GGUF_BLOCKS:  # blocks run along each row (in_features); a partial block is padded
+        block, nbytes = GGUF_BLOCKS[precision]
+        return math.ceil(in_features / block) * nbytes * out_features
     raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
 
 
@@ -415,6 +430,8 @@ class VlmPlan:
     min_context: int
     fidelity: FidelityEvidence | None = None
     notes: tuple[str, ...] = field(default=())
+    cause: str | None = None  # why it does not fit, when one term is the cause (the eager attention peak)
+    llm_formats: Mapping[str, int] = field(default_factory=dict)  # LLM backbone bytes per 4-bit format
 
     @property
     def fits(self) -> bool:
@@ -444,13 +461,16 @@ class VlmPlan:
             "min_context": self.min_context,
             "fidelity_report": self.fidelity.to_dict() if self.fidelity else None,
             "notes": list(self.notes),
+            "cause": self.cause,
+            "llm_backbone_formats_bytes": dict(self.llm_formats),
         }
 
     def table(self) -> str:
         cfg, o = self.config, self.options
         lines = [
             f"{cfg.name} ({cfg.architecture}) -> {self.target.name}: LLM {o.llm}, vision+connector {o.vision}, "
-            f"context {o.context}, images {o.images}, batch {o.batch}, attention {o.attention}, logits {o.logits}",
+            f"context {o.context}, images {o.images}, batch {o.batch}, attention {o.attention}"
+            f"{' (default)' if o.attention == 'sdpa' else ''}, logits {o.logits}",
             f"  {'component':14} {'params':>14} {'precision':>9} {'MiB':>10}",
         ]
         for name in COMPONENTS:
@@ -461,7 +481,14 @@ class VlmPlan:
         lines.append(f"  visual tokens per image: {vt.llm_tokens_per_image} in the LLM sequence"
                      + (f", {vt.cross_tokens_per_image} cross-attention tokens" if vt.cross_tokens_per_image else "")
                      + f" ({vt.detail})")
-        lines.append(self.report.table())
+        if self.llm_formats:
+            lines.append("  LLM backbone by 4-bit format: " + ", ".join(
+                f"{_FORMAT_LABELS[k]} {v / MIB:,.1f} MiB" for k, v in self.llm_formats.items()))
+        report = self.report.table().splitlines()
+        if self.cause:
+            at = next(i for i, line in enumerate(report) if line.startswith("verdict:"))
+            report.insert(at + 1, f"  cause: {self.cause}")
+        lines.extend(report)
         if self.max_context is None:
             lines.append(f"largest context that fits: none (not even {self.min_context} tokens)")
         else:
@@ -471,6 +498,9 @@ class VlmPlan:
             lines.append(f"INT8 vision evidence: {self.fidelity.path}: {self.fidelity.key} = {self.fidelity.cosine:.4f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+_FORMAT_LABELS = {"nf4": "bitsandbytes NF4", "q4_0": "GGUF Q4_0", "q4_k": "GGUF Q4_K"}
 
 
 def _bits_note(precision: str, opts: PlanOptions) -> str:
@@ -528,8 +558,9 @@ def plan_items(
 
 def _budget(cfg: VlmConfig, target: Target, opts: PlanOptions, items: Sequence[MemoryItem], *,
             os_reserve_bytes: int | None, trt_version: str | None, suggest: bool) -> BudgetReport:
+    runtime = "LLM runtime (llama.cpp)" if opts.llm in GGUF_PRECISIONS else "LLM runtime (PyTorch + bitsandbytes)"
     overhead = [*runtime_overhead(target, trt_version),
-                MemoryItem("LLM runtime (PyTorch + bitsandbytes)", opts.llm_runtime_bytes,
+                MemoryItem(runtime, opts.llm_runtime_bytes,
                            "allowance, not measured: --llm-runtime-mib", "other")]
     return check_budget(
         target, items, os_reserve_bytes=os_reserve_bytes, trt_version=trt_version, overhead=overhead,
@@ -564,6 +595,68 @@ def largest_context(cfg: VlmConfig, target: Target, opts: PlanOptions, *, os_res
     return lo
 
 
+ATTENTION_NOTES = {
+    "sdpa": "attention sdpa is the planner's default -- transformers' default attn_implementation for LLaVA and "
+            "Mllama, and TensorRT's fused MHA in the vision engine: no attention-score tensors are budgeted. If your "
+            "runtime uses attn_implementation='eager' (or PyTorch's SDPA falls back to its math kernel, which "
+            "materialises the scores), plan with --attention eager",
+    "eager": "attention eager: the scores are materialised (heads x S^2 in FP16 plus their FP32 softmax per layer); "
+             "the planner's default is sdpa (fused kernels)",
+}
+
+
+def llm_format_bytes(pc: ParamCount, opts: PlanOptions) -> dict[str, int]:
+    """Bytes of the LLM backbone in each 4-bit format a Jetson runs: bitsandbytes NF4 (PyTorch) and the GGUF
+    formats llama.cpp runs (``vlm export --llm-format gguf``); embeddings, LM head and the vision side as planned."""
+    out = {}
+    for fmt in ("nf4", *GGUF_PRECISIONS):
+        w = weight_bytes(pc, component_precisions(fmt, opts.vision), double_quant=opts.double_quant)
+        out[fmt] = w["llm_backbone"].bytes
+    return out
+
+
+def _eager_scores(cfg: VlmConfig, opts: PlanOptions, info: Mapping[str, Any]) -> tuple[str, int, str]:
+    """(where, score bytes, how) of the largest materialised attention-score tensor under eager attention."""
+    v, t, vt = cfg.vision, cfg.text, info["tokens"]
+    n = opts.batch * opts.images * vt.encoder_batch_per_image
+    s = vt.encoder_seq
+    vision = n * v.num_attention_heads * s * s * (2 + 4)
+    span = (f"{v.max_num_tiles} tiles attended at once, {v.max_num_tiles} x {s // v.max_num_tiles:,} tokens"
+            if cfg.family == "mllama" else f"{s:,} tokens per tile")
+    if info["vision_peak"] >= info["llm_peak"]:
+        how = (f"{v.num_attention_heads} heads x {s:,}^2 attention scores in FP16 plus their FP32 softmax = "
+               f"{_gib(vision)} in one vision-encoder layer ({span}); {_gib(info['vision_peak'])} with the layer's "
+               "other buffers")
+        return "the eager vision-attention peak", vision, how
+    how = (f"{t.num_attention_heads} heads x {opts.context:,}^2 prefill scores (FP16 + FP32 softmax) in one LLM layer; "
+           f"{_gib(info['llm_peak'])} with the layer's other buffers")
+    return "the eager attention peak of the LLM prefill", opts.batch * t.num_attention_heads * opts.context ** 2 * 6, how
+
+
+def _oom_cause(
+    cfg: VlmConfig, target: Target, opts: PlanOptions, info: Mapping[str, Any], pc: ParamCount, *,
+    os_reserve_bytes: int | None, trt_version: str | None,
+) -> tuple[str, str] | None:
+    """(cause, hint) when eager attention alone makes the plan not fit: the same plan with fused attention fits."""
+    if opts.attention != "eager":
+        return None
+    fused = replace(opts, attention="sdpa")
+    items, _ = plan_items(cfg, fused, pc)
+    report = _budget(cfg, target, fused, items, os_reserve_bytes=os_reserve_bytes, trt_version=trt_version,
+                     suggest=False)
+    if not report.fits:
+        return None
+    where, _, how = _eager_scores(cfg, opts, info)
+    ctx = largest_context(cfg, target, fused, os_reserve_bytes=os_reserve_bytes, trt_version=trt_version, pc=pc)
+    cause = f"{where}: {how}"
+    hint = (f"use fused attention -- --attention sdpa (attn_implementation='sdpa' in transformers; TensorRT's fused MHA "
+            f"for the vision engine) never materialises those scores: the same model then fits with "
+            f"{_gib(report.headroom_bytes)} headroom, up to {ctx} tokens")
+    if info["vision_peak"] >= info["llm_peak"]:
+        hint += "; a shorter context or batch only makes room around the vision peak, it does not remove it"
+    return cause, hint
+
+
 def plan_vlm(
     cfg: VlmConfig,
     target: Target,
@@ -574,7 +667,9 @@ def plan_vlm(
     os_reserve_bytes: int | None = None,
     trt_version: str | None = None,
 ) -> VlmPlan:
-    """Plan ``cfg`` on ``target``: bytes per component, KV cache, activations, verdict and largest context."""
+    """Plan ``cfg`` on ``target``: bytes per component, KV cache, activations, verdict and largest context.
+
+    A context above the model's ``max_position_embeddings`` is clamped to it (with a note)."""
     opts = opts or PlanOptions()
     pc = count_params(cfg)
     fidelity = None
@@ -583,31 +678,44 @@ def plan_vlm(
         int8 = weight_bytes(pc, component_precisions(opts.llm, "int8"))
         saving = sum(fp16[c].bytes - int8[c].bytes for c in ("vision_tower", "connector"))
         fidelity = read_fidelity_report(fidelity_report, min_cosine=min_vision_cosine, saving=saving)
+    notes = []
+    max_pos = cfg.text.max_position_embeddings
+    if opts.context > max_pos:
+        notes.append(f"context {opts.context} clamped to the model's max_position_embeddings ({max_pos})")
+        opts = replace(opts, context=max_pos)
     mn = min_context(cfg, opts)
     if opts.context < mn:
-        from ..errors import InputError
-
+        per_image = visual_tokens(cfg, opts.image_hw).llm_tokens_per_image
+        if mn > max_pos:
+            raise InputError(
+                f"{cfg.name}: {opts.images} image(s) of {per_image} visual tokens plus text need {mn} positions, more "
+                f"than the model's max_position_embeddings ({max_pos})",
+                hint="plan fewer images per request (--images)",
+            )
         raise InputError(
-            f"--context {opts.context} cannot hold {opts.images} image(s) of {visual_tokens(cfg, opts.image_hw).llm_tokens_per_image} "
-            f"visual tokens plus text",
+            f"--context {opts.context} cannot hold {opts.images} image(s) of {per_image} visual tokens plus text",
             hint=f"use --context >= {mn} (visual tokens count against the LLM's context for {cfg.family})",
         )
-    if opts.context > cfg.text.max_position_embeddings:
-        from ..errors import InputError
-
-        raise InputError(f"--context {opts.context} exceeds the model's max_position_embeddings "
-                         f"({cfg.text.max_position_embeddings})")
     items, info = plan_items(cfg, opts, pc)
     report = _budget(cfg, target, opts, items, os_reserve_bytes=os_reserve_bytes, trt_version=trt_version, suggest=True)
+    cause = None
+    if not report.fits:
+        found = _oom_cause(cfg, target, opts, info, pc, os_reserve_bytes=os_reserve_bytes, trt_version=trt_version)
+        if found is not None:
+            cause = found[0]
+            advice = [a for a in report.advice if not a.startswith("lower the maximum batch")]
+            report = replace(report, advice=(found[1], *advice))
     max_ctx = largest_context(cfg, target, opts, os_reserve_bytes=os_reserve_bytes, trt_version=trt_version, pc=pc)
-    notes = []
+    notes.append(ATTENTION_NOTES[opts.attention])
     if cfg.defaulted:
         notes.append("keys absent from the config took their transformers defaults: " + ", ".join(cfg.defaulted))
     if opts.llm in ("nf4", "int4"):
         notes.append("embeddings and the LM head stay FP16 (bitsandbytes never quantizes nn.Embedding; the generated "
                      "skip list keeps lm_head)")
+    if opts.llm in GGUF_PRECISIONS:
+        notes.append("embeddings and the LM head stay FP16 in the GGUF vqz-edge writes (vlm export --llm-format gguf)")
     plan = VlmPlan(cfg, target, opts, pc, info["weights"], info["tokens"], info["kv_self"], info["kv_cross"],
                    info["vision_peak"], info["llm_peak"], info["dequant"], tuple(items), report, max_ctx, mn, fidelity,
-                   tuple(notes))
+                   tuple(notes), cause, llm_format_bytes(pc, opts))
     _log.info("vlm plan %s on %s: %s", cfg.name, target.name, report.verdict())
     return plan

@@ -2,18 +2,19 @@
 
 The seed (the project's design notes) gives weight sizes in GB (10^9 bytes):
 
-======================  ==========  ============  ======================
-model                   FP16        NF4 LLM only  NF4 LLM + vision
-======================  ==========  ============  ======================
-LLaVA-1.5 7B            14.2        4.8           --
-Llama 3.2 Vision 11B    22.0        6.8           5.5
-Llama 3.2 Vision 90B    180         48            --
-======================  ==========  ============  ======================
+======================  ==========  =============  ============  ======================
+model                   FP16        INT8 LLM only  NF4 LLM only  NF4 LLM + vision
+======================  ==========  =============  ============  ======================
+LLaVA-1.5 7B            14.2        8.1            4.8           --
+Llama 3.2 Vision 11B    22.0        --             6.8           5.5
+Llama 3.2 Vision 90B    180         --             48            --
+======================  ==========  =============  ============  ======================
 
 Ours comes from the parameter count of the published config (exact, cross-checked against the real
 transformers classes on the meta device) and the byte model of :mod:`vqz_edge.vlm.memory`. Where they
 differ, :func:`explain` splits the difference exactly into named causes, relative to the simplest reading
-of the seed (``nominal parameters x 0.5 byte, the vision tower at 2 bytes``), and :func:`closest_formula`
+of the seed (``nominal parameters x 0.5 byte -- x 1 byte for INT8 -- the vision tower at 2 bytes``), and
+:func:`closest_formula`
 says which accounting convention reproduces the seed's number.
 """
 
@@ -30,21 +31,28 @@ from .memory import PlanOptions, bits_per_weight, component_precisions, min_cont
 from .params import ParamCount, count_params
 
 GB = 1_000_000_000
+#: A named accounting convention "matches" a seed number within this relative error.
+CLOSE = 0.04
 
 #: The seed's numbers (GB) and the nominal size its model names imply.
 SEED_TABLE: dict[str, dict[str, float | None]] = {
-    "llava-1.5-7b": {"nominal_b": 7.0, "fp16": 14.2, "nf4_llm": 4.8, "nf4_both": None},
-    "llama-3.2-11b-vision": {"nominal_b": 11.0, "fp16": 22.0, "nf4_llm": 6.8, "nf4_both": 5.5},
-    "llama-3.2-90b-vision": {"nominal_b": 90.0, "fp16": 180.0, "nf4_llm": 48.0, "nf4_both": None},
+    "llava-1.5-7b": {"nominal_b": 7.0, "fp16": 14.2, "int8_llm": 8.1, "nf4_llm": 4.8, "nf4_both": None},
+    "llama-3.2-11b-vision": {"nominal_b": 11.0, "fp16": 22.0, "int8_llm": None, "nf4_llm": 6.8, "nf4_both": 5.5},
+    "llama-3.2-90b-vision": {"nominal_b": 90.0, "fp16": 180.0, "int8_llm": None, "nf4_llm": 48.0, "nf4_both": None},
 }
-COLUMNS = ("fp16", "nf4_llm", "nf4_both")
-COLUMN_TITLES = {"fp16": "FP16", "nf4_llm": "NF4 LLM, vision FP16 (the recipe)",
+COLUMNS = ("fp16", "int8_llm", "nf4_llm", "nf4_both")
+COLUMN_TITLES = {"fp16": "FP16", "int8_llm": "INT8 LLM (bitsandbytes LLM.int8), vision FP16",
+                 "nf4_llm": "NF4 LLM, vision FP16 (the recipe)",
                  "nf4_both": "NF4 LLM + vision (refused by the recipe)"}
+#: Bytes per weight the simplest reading of the seed assumes for each quantized column.
+_NAIVE_BYTES = {"int8_llm": 1.0, "nf4_llm": 0.5, "nf4_both": 0.5}
 
 
 def _precisions(column: str) -> dict[str, str]:
     if column == "fp16":
         return component_precisions("fp16", "fp16")
+    if column == "int8_llm":
+        return component_precisions("int8", "fp16")
     if column == "nf4_llm":
         return component_precisions("nf4", "fp16")
     # what a naive whole-model bitsandbytes load does: every Linear but the LM head in NF4
@@ -61,20 +69,34 @@ class Explanation:
 
     terms: tuple[tuple[str, int], ...]
     residual: int  # the seed's own rounding / assumptions beyond the named terms
+    seed_bytes: int = 0
+    convention: str | None = None  # the named accounting convention that reproduces the seed within CLOSE, if any
+
+    @property
+    def residual_label(self) -> str:
+        """Rounding when small; above ``CLOSE`` of the seed's number it is the seed's own convention when one
+        reproduces it, else named as unexplained -- never called rounding."""
+        if self.seed_bytes and abs(self.residual) > CLOSE * self.seed_bytes:
+            if self.convention:
+                return f"the seed's accounting ({self.convention})"
+            return "not explained by any named cause (an assumption the seed does not state)"
+        return "seed rounding/other"
 
     def text(self) -> str:
         parts = [f"{v / GB:+.2f} {k}" for k, v in self.terms if abs(v) >= 0.005 * GB]
         if abs(self.residual) >= 0.005 * GB:
-            parts.append(f"{self.residual / GB:+.2f} seed rounding/other")
+            parts.append(f"{self.residual / GB:+.2f} {self.residual_label}")
         return "; ".join(parts) if parts else "agrees"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"terms": {k: v for k, v in self.terms}, "residual": self.residual, "text": self.text()}
+        return {"terms": {k: v for k, v in self.terms}, "residual": self.residual,
+                "residual_label": self.residual_label, "text": self.text()}
 
 
 def explain(pc: ParamCount, column: str, seed_gb: float, nominal_b: float, *, double_quant: bool = True) -> Explanation:
-    """Split ``ours - seed`` into: parameters counted vs the nominal size, FP16 parts a 4-bit estimate counts
-    at half a byte, the absmax / double-quant overhead of NF4, and what is left (the seed's rounding)."""
+    """Split ``ours - seed`` into: parameters counted vs the nominal size, FP16 parts a low-bit estimate counts
+    at the low-bit size, the per-weight overhead of the format (NF4 absmax / double quant; LLM.int8 row scales),
+    and what is left (the seed's rounding)."""
     ours = ours_bytes(pc, column, double_quant=double_quant)
     seed = int(round(seed_gb * GB))
     nominal = int(round(nominal_b * 1e9))
@@ -83,18 +105,25 @@ def explain(pc: ParamCount, column: str, seed_gb: float, nominal_b: float, *, do
         terms = [(f"{actual / 1e9:.2f}B parameters counted, not {nominal_b:g}B nominal", 2 * (actual - nominal))]
     else:
         precs = _precisions(column)
-        q = sum(g.weight_params for g in pc.linears if precs[g.component] == "nf4")
+        low = next(p for c, p in precs.items() if c == "llm_backbone")
+        naive = _NAIVE_BYTES[column]
+        q = sum(g.weight_params for g in pc.linears if precs[g.component] == low)
         vision = pc["vision_tower"].total if precs["vision_tower"] == "fp16" else 0
         fp16_rest = actual - q - vision  # embeddings, LM head, norms, biases, connector, conv, tables
-        extra_bits = bits_per_weight("nf4", double_quant=double_quant) / 8 - 0.5
-        # seed-like baseline: nominal x 0.5 B + vision x 1.5 B  ->  ours - baseline = the three terms below
+        quantized = weight_bytes(pc, precs, double_quant=double_quant)
+        q_bytes = sum(c.linear_bytes for c in quantized.values() if c.precision == low)
+        if low == "nf4":
+            overhead_name = (f"NF4 absmax{' + double quant' if double_quant else ' (fp32)'}: "
+                             f"{bits_per_weight('nf4', double_quant=double_quant):.3f} bits/weight, not 4")
+        else:
+            overhead_name = f"LLM.int8 row scales: one fp32 per output row, {8 * q_bytes / q:.3f} bits/weight, not 8"
+        # seed-like baseline: nominal x naive B + vision x (2 - naive) B  ->  ours - baseline = the three terms below
         terms = [
-            (f"{actual / 1e9:.2f}B parameters counted, not {nominal_b:g}B nominal", int(round(0.5 * (actual - nominal)))),
-            ("embeddings + LM head + norms/biases stay FP16 (2 B, not 0.5 B)", int(round(1.5 * fp16_rest))),
-            (f"NF4 absmax{' + double quant' if double_quant else ' (fp32)'}: "
-             f"{bits_per_weight('nf4', double_quant=double_quant):.3f} bits/weight, not 4", int(round(extra_bits * q))),
+            (f"{actual / 1e9:.2f}B parameters counted, not {nominal_b:g}B nominal", int(round(naive * (actual - nominal)))),
+            (f"embeddings + LM head + norms/biases stay FP16 (2 B, not {naive:g} B)", int(round((2 - naive) * fp16_rest))),
+            (overhead_name, int(round(q_bytes - naive * q))),
         ]
-    return Explanation(tuple(terms), ours - seed - sum(v for _, v in terms))
+    return Explanation(tuple(terms), ours - seed - sum(v for _, v in terms), seed)
 
 
 def closest_formula(pc: ParamCount, column: str, seed_gb: float, nominal_b: float) -> tuple[str, float, float]:
@@ -103,6 +132,12 @@ def closest_formula(pc: ParamCount, column: str, seed_gb: float, nominal_b: floa
     vision = pc["vision_tower"].total
     if column == "fp16":
         cands = {"nominal x 2 B": nominal * 2, "counted x 2 B": actual * 2.0}
+    elif column == "int8_llm":
+        cands = {
+            "nominal x 1 B, vision FP16": nominal * 1.0 + vision * 1.0,
+            "counted x 1 B, vision FP16": actual * 1.0 + vision * 1.0,
+            "bitsandbytes LLM.int8 (row scales; embeddings, LM head, vision FP16)": float(ours_bytes(pc, column)),
+        }
     elif column == "nf4_llm":
         cands = {
             "nominal x 0.5 B, vision FP16": nominal * 0.5 + vision * 1.5,
@@ -136,7 +171,7 @@ class SeedRow:
         return {
             "name": self.name, "params": self.params,
             "ours_gb": {k: round(v / GB, 3) for k, v in self.ours.items()},
-            "ours_no_double_quant_gb": {k: round(v / GB, 3) for k, v in self.ours_no_dq.items()},
+            "ours_no_double_quant_gb": {k: round(v / GB, 3) for k, v in self.ours_no_dq.items() if "nf4" in k},
             "seed_gb": {k: v for k, v in self.seed.items() if k in COLUMNS},
             "why": {k: e.to_dict() for k, e in self.explanations.items()},
             "closest_formula": {k: {"formula": c[0], "gb": round(c[1], 3), "rel_error": round(c[2], 4)}
@@ -148,31 +183,37 @@ def seed_rows(names: Sequence[str] = SHIPPED) -> list[SeedRow]:
     rows = []
     for name in names:
         pc = count_params(load_shipped(name))
-        seed = SEED_TABLE.get(name, {"nominal_b": None, "fp16": None, "nf4_llm": None, "nf4_both": None})
+        seed = SEED_TABLE.get(name, {"nominal_b": None, **dict.fromkeys(COLUMNS)})
         ours = {c: ours_bytes(pc, c) for c in COLUMNS}
         nodq = {c: ours_bytes(pc, c, double_quant=False) for c in COLUMNS}
         expl, close = {}, {}
         for c in COLUMNS:
             s = seed.get(c)
             if s is not None and seed["nominal_b"] is not None:
-                expl[c] = explain(pc, c, float(s), float(seed["nominal_b"]))
                 close[c] = closest_formula(pc, c, float(s), float(seed["nominal_b"]))
+                e = explain(pc, c, float(s), float(seed["nominal_b"]))
+                formula, _, rel = close[c]
+                expl[c] = replace(e, convention=formula) if abs(rel) < CLOSE else e
         rows.append(SeedRow(name, pc.total, ours, nodq, dict(seed), expl, close))
     return rows
 
 
+_WIDTH = {"fp16": 16, "int8_llm": 19, "nf4_llm": 22, "nf4_both": 22}
+
+
 def seed_table_text(rows: Sequence[SeedRow]) -> str:
-    lines = ["weights in GB (10^9 bytes): the seed's table beside ours (NF4 with double quant; in brackets without)"]
-    head = f"  {'model':22} {'params':>8} " + " ".join(f"{t:>24}" for t in ("FP16 seed|ours", "NF4-LLM seed|ours",
-                                                                            "NF4-both seed|ours"))
+    lines = ["weights in GB (10^9 bytes): the seed's table beside ours (INT8 = bitsandbytes LLM.int8; NF4 with double "
+             "quant, in brackets without)"]
+    titles = ("FP16 seed|ours", "INT8-LLM seed|ours", "NF4-LLM seed|ours", "NF4-both seed|ours")
+    head = f"  {'model':22} {'params':>8} " + " ".join(f"{t:>{_WIDTH[c]}}" for c, t in zip(COLUMNS, titles))
     lines.append(head)
     for r in rows:
         cells = []
         for c in COLUMNS:
             s = r.seed.get(c)
             seed_s = f"{s:g}" if s is not None else "--"
-            ours_s = f"{r.ours[c] / GB:.2f}" + (f" [{r.ours_no_dq[c] / GB:.2f}]" if c != "fp16" else "")
-            cells.append(f"{seed_s + ' | ' + ours_s:>24}")
+            ours_s = f"{r.ours[c] / GB:.2f}" + (f" [{r.ours_no_dq[c] / GB:.2f}]" if "nf4" in c else "")
+            cells.append(f"{seed_s + ' | ' + ours_s:>{_WIDTH[c]}}")
         lines.append(f"  {r.name:22} {r.params / 1e9:>7.2f}B " + " ".join(cells))
     lines.append("why ours differs (ours - seed, GB):")
     for r in rows:
@@ -180,7 +221,8 @@ def seed_table_text(rows: Sequence[SeedRow]) -> str:
             if c in r.explanations:
                 formula, val, rel = r.closest[c]
                 lines.append(f"  {r.name} {c}: {r.explanations[c].text()}")
-                lines.append(f"    the seed's number matches '{formula}' ({val:.2f} GB, {rel:+.1%})")
+                verb = "matches" if abs(rel) < CLOSE else "is closest to (no named convention within 4%)"
+                lines.append(f"    the seed's number {verb} '{formula}' ({val:.2f} GB, {rel:+.1%})")
     return "\n".join(lines)
 
 
@@ -226,11 +268,13 @@ def fit_matrix(
     return cells
 
 
-def matrix_text(cells: Sequence[MatrixCell], context: int) -> str:
+def matrix_text(cells: Sequence[MatrixCell], context: int, attention: str = "sdpa") -> str:
     targets = list(dict.fromkeys(c.target for c in cells))
     models = list(dict.fromkeys(c.model for c in cells))
     w = max(16, *(len(t) + 1 for t in targets))
-    lines = [f"fit on every catalog target at context {context} (or the image tokens + 1 when more), 1 image "
+    lines = [f"fit on every catalog target at context {context} (clamped to the model's max_position_embeddings; the "
+             f"image tokens + 1 when more), 1 image, attention {attention}"
+             f"{' (the planner default: fused kernels)' if attention == 'sdpa' else ''} "
              "(ok/no, headroom in GiB, largest context that fits)"]
     for recipe in RECIPES:
         lines.append(f"  recipe {recipe}:")
