@@ -1,6 +1,9 @@
 """Filesystem helpers: atomic writes (temp file, fsync, rename) and hashing.
 
-A failed step never leaves a half-written artifact and never replaces a good one.
+A failed step never leaves a half-written artifact and never replaces a good one. Files and folders get the
+modes a plain ``open()``/``mkdir()`` would give them (0o666 / 0o777 minus the process umask), so a container's
+user can read what the host wrote and the other way round; pass ``mode`` for secrets (private keys: 0o600).
+Folders are made with ``Path.mkdir`` (never ``tempfile.mkdtemp``, whose 0o700 a rename would keep).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,17 +45,38 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+FILE_MODE = 0o666  # what open(..., "w") asks for; the kernel takes the umask off
+
+
+def _create_temp(directory: Path, prefix: str, suffix: str, mode: int) -> Path:
+    """Create a new empty file ``directory/<prefix><random><suffix>`` with ``mode`` minus the umask.
+
+    ``tempfile.mkstemp`` would always give 0o600 (and a rename keeps that mode), so the file is created here
+    with O_EXCL (never an existing file, never through a link) and the requested mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        candidate = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(candidate, flags, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise InputError(f"could not create a temporary file in {directory}: 100 random names were all taken")
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, mode: int = FILE_MODE) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    The temporary file exists (empty) when yielded, created with ``mode`` minus the umask: 0o644 under the usual
+    umask 022, as a plain ``open()`` would give. Pass ``mode=0o600`` for secrets: the file is never readable by
+    others, not even empty. On any exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     check_output_path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp(path.parent if str(path.parent) else Path("."), f".{path.name}.", ".tmp", mode)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DependencyError, InputError, VerificationError, VqzError
-from ..fsutil import atomic_path, canonical_json, sha256_bytes, sha256_file
+from ..fsutil import FILE_MODE, atomic_path, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..progress import ProgressFactory, make_bar
 from .device import DeviceInfo, DevicePaths, detect_device, identify_targets
@@ -80,10 +80,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write, readable by the service that runs the model (mode 0644)."""
+    """Atomic JSON write (mode 0o666 minus the umask, like every output: readable by the service under 022)."""
     with atomic_path(path) as tmp:
         tmp.write_text(canonical_json(obj), encoding="utf-8")
-        os.chmod(tmp, 0o644)
 
 
 def _rmtree(path: Path) -> None:
@@ -175,7 +174,7 @@ class InstallRoot:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         self.ensure()
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

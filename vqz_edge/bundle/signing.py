@@ -15,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +65,10 @@ def generate_keypair(prefix: Path, *, force: bool = False) -> KeyPair:
     pub = key.public_key()
     pub_pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    with atomic_path(priv_path) as tmp:
-        os.chmod(tmp, 0o600)
+    with atomic_path(priv_path, mode=0o600) as tmp:  # a secret: owner only, created so (never world-readable)
         tmp.write_bytes(priv_pem)
-    with atomic_path(pub_path) as tmp:
+    with atomic_path(pub_path) as tmp:  # 0o666 minus the umask, like every output
         tmp.write_bytes(pub_pem)
-        os.chmod(tmp, 0o644)
     return KeyPair(priv_path, pub_path, key_id_of(raw))
 
 
