@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vqz_edge.bundle.device import DevicePaths
+from vqz_edge.device import DevicePaths
 
 if TYPE_CHECKING:
     from vqz_edge.bundle import InstallOptions

@@ -20,10 +20,10 @@ import pytest
 from tests.conftest import run_cli
 from vqz_edge.calib.cache import CalibrationCache, cache_bytes, parse_cache
 from vqz_edge.calib.collect import calibration_tensors
-from vqz_edge.device_info import parse_jetpack_package_version, parse_l4t, read_l4t
+from vqz_edge.device import parse_jetpack_package_version, parse_l4t, read_l4t
 from vqz_edge.engine_manifest import (
     ENGINE_FILE,
-    MANIFEST_FILE,
+    MANIFEST_NAME,
     build_manifest,
     engine_dir,
     read_manifest,
@@ -36,9 +36,8 @@ from vqz_edge.policy.plan import LayerDecision, ResolvedPlan
 from vqz_edge.policy.resolve import resolve
 from vqz_edge.spec import PrecisionRule
 from vqz_edge.targets import get_target
-from vqz_edge.trt.builder import gpu_info
 from vqz_edge.trt.calibrator import CalibrationFeed
-from vqz_edge.trt.compat import TrtVersion, tensorrt_available
+from vqz_edge.trt.compat import tensorrt_available
 from vqz_edge.trt.constraints import (
     CacheVerdict,
     NetLayer,
@@ -60,6 +59,7 @@ from vqz_edge.trt.inspect import (
     parse_engine_info,
     precision_of_format,
 )
+from vqz_edge.versions import TrtVersion, require_supported
 
 V86, V100, V103, V110 = TrtVersion(8, 6, 1), TrtVersion(10, 0, 1), TrtVersion(10, 3, 0), TrtVersion(11, 0, 0)
 
@@ -160,7 +160,7 @@ def test_metadata_parsing_handles_fused_and_separated_entries() -> None:
 
 def test_trt_version_facts() -> None:
     assert (V86.code, V103.code, V110.code) == (8601, 100300, 110000)
-    assert V86.needs_explicit_batch_flag and not V103.needs_explicit_batch_flag
+    assert V86.parser_registers_plugins and not V103.parser_registers_plugins
     assert V86.supports_implicit_int8 and V103.supports_implicit_int8 and not V110.supports_implicit_int8
     assert not V100.implicit_int8_deprecated and V103.implicit_int8_deprecated
     assert not V86.supports_strongly_typed and V103.supports_strongly_typed
@@ -407,8 +407,8 @@ def test_manifest_content_write_and_idempotence(tmp_path: Path) -> None:
 
     assert up_to_date(out, "k1") == (False, "no readable manifest.json")
     write_engine_and_manifest(out, engine, m)
-    assert sorted(p.name for p in out.iterdir()) == sorted([ENGINE_FILE, MANIFEST_FILE])  # no temp files left
-    assert read_manifest(out / MANIFEST_FILE) == json.loads(json.dumps(m))
+    assert sorted(p.name for p in out.iterdir()) == sorted([ENGINE_FILE, MANIFEST_NAME])  # no temp files left
+    assert read_manifest(out / MANIFEST_NAME) == json.loads(json.dumps(m))
     assert m["engine"]["sha256"] == sha256_file(out / ENGINE_FILE)
     assert up_to_date(out, "k1")[0] is True
     assert up_to_date(out, "k2") == (False, "inputs, options or TensorRT version changed since the last build")
@@ -449,10 +449,14 @@ def test_l4t_and_jetpack_parsing(tmp_path: Path) -> None:
     assert parse_jetpack_package_version("") is None
 
 
-def test_gpu_info_without_a_gpu() -> None:
-    if Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl-gpu").exists():
-        pytest.skip("this host has a GPU")
-    assert gpu_info() == {"name": None, "compute_capability": None, "integrated": None}
+def test_supported_tensorrt_range() -> None:
+    """8.0-8.4 (JetPack 5.0.x) lack the tensor-name API: refused with the range in the message (defect 9)."""
+    assert str(require_supported("8.5.2.2")) == "8.5.2" and str(require_supported("11.1.0")) == "11.1.0"
+    for old in ("8.4.1", "8.2.1", "8.0.1.6"):
+        with pytest.raises(InputError, match=r"8\.5 \(JetPack 5\.1\) to 11\.x"):
+            require_supported(old)
+    with pytest.raises(InputError, match="not supported"):
+        require_supported("12.0.0")
 
 
 # --- the CLI where TensorRT is missing ----------------------------------------------------------------

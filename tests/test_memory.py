@@ -15,17 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
 from tests.test_runtime import write_fake_engine
+from vqz_edge.device import parse_meminfo, read_jtop, read_live_memory, read_meminfo
 from vqz_edge.errors import DataError
-from vqz_edge.memory import (
-    BudgetError,
-    MemoryItem,
-    check_budget,
-    parse_meminfo,
-    read_jtop,
-    read_live_memory,
-    read_meminfo,
-    require_fit,
-)
+from vqz_edge.memory import BudgetError, MemoryItem, check_budget, require_fit
 from vqz_edge.memory.estimate import estimate_engine_dir, estimate_onnx, parse_size, resident_item
 from vqz_edge.targets import get_target, list_targets
 

@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from vqz_edge.engine_manifest import EngineMismatchError, ManifestError, load_manifest, verify_manifest
 from vqz_edge.errors import DependencyError, InputError
 from vqz_edge.memory import BudgetError
-from vqz_edge.runtime import (
-    EngineMismatchError,
-    ManifestError,
-    load_manifest,
-    open_runner,
-    verify_manifest,
-)
+from vqz_edge.runtime import open_runner
 from vqz_edge.runtime.bench import benchmark
 from vqz_edge.targets import Target
 

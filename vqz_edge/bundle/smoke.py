@@ -7,7 +7,8 @@ ONNX model with the ONNX Runtime backend, before switching ``current``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ..errors import VerificationError
 from .manifest import SmokeTest
 
 # feeds (name -> batch) -> outputs (name -> batch)
-RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+RunFn = typing.Callable[[typing.Dict[str, np.ndarray]], typing.Mapping[str, np.ndarray]]  # typing: Python 3.8
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import io
 import os
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import typing
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -47,7 +48,7 @@ _TYPE_NAMES = {
     tarfile.CONTTYPE: "a contiguous file",
 }
 
-Source = Path | bytes
+Source = typing.Union[Path, bytes]  # typing: Python 3.8
 
 
 def check_entry_name(name: str) -> str:
@@ -153,7 +154,7 @@ class ScanResult:
     sha256: str
 
 
-MemberHandler = Callable[[str, int, Iterator[bytes]], None]
+MemberHandler = typing.Callable[[str, int, typing.Iterator[bytes]], None]  # typing: Python 3.8
 ZERO_BLOCK = b"\0" * BLOCK
 
 

@@ -28,7 +28,7 @@ from ..policy.plan import ResolvedPlan
 from ..policy.resolve import Resolution, resolve_spec
 from ..progress import ProgressFactory
 from ..spec import CALIBRATION_METHODS, PrecisionRule
-from ..trt.compat import parse_trt_version
+from ..versions import parse_trt_version
 from .cache import CalibrationCache, cache_bytes
 from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data

@@ -16,8 +16,12 @@ from types import ModuleType
 from typing import Any
 
 from .. import __version__
-from ..errors import VqzError
+from ..errors import DependencyError, VqzError
 from ..log import configure
+
+# The workstation stages (torch export, calibration, sensitivity, VLMs, reports) need Python 3.10+; everything else
+# is the device side and runs on JetPack 5's Python 3.8 as well.
+WORKSTATION_COMMANDS = ("demo", "data", "export", "calibrate", "evaluate", "plan", "sensitivity", "vlm", "fleet")
 
 # Each command is a module vqz_edge/cli/<name>_cmd.py with register(subparsers) and run(args).
 # Listed in --help order; a module that does not exist yet is skipped.
@@ -89,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure(args.verbose, quiet=args.quiet)
     try:
+        if args.command in WORKSTATION_COMMANDS and sys.version_info < (3, 10):
+            raise DependencyError(
+                f"'vqz-edge {args.command}' is a workstation command and needs Python 3.10 or newer; this is Python "
+                f"{sys.version_info.major}.{sys.version_info.minor}",
+                hint="run it on the x86 workstation; the device commands (build, run, bench, check-memory, targets, "
+                "install, status, rollback, keys, bundle verify) run on Python 3.8",
+            )
         return int(args.func(args) or 0)
     except VqzError as exc:
         if getattr(args, "json", False):

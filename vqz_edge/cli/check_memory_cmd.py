@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _default_targets(path: Path) -> list[str]:
+    from ..engine_manifest import load_manifest
     from ..runtime.loader import artifact_kind
-    from ..runtime.manifest import load_manifest
 
     if path.suffix == ".toml":
         from ..spec import load_spec
@@ -61,8 +61,9 @@ def _default_targets(path: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..device import read_live_memory
     from ..errors import InputError
-    from ..memory import DEFAULT_MARGIN_FRACTION, MIB, check_budget, read_live_memory
+    from ..memory import DEFAULT_MARGIN_FRACTION, MIB, check_budget
     from ..memory.estimate import estimate_path, resident_item
     from ..runtime.loader import device_target, host_target
     from ..targets import resolve_targets
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     raise InputError("--live checks this machine: give one --target (or none)")
                 tgt = targets[0]
             elif est.kind == "engine":
-                from ..runtime.manifest import load_manifest
+                from ..engine_manifest import load_manifest
 
                 tgt = device_target(load_manifest(args.path), live.total_bytes)
             else:

@@ -28,8 +28,8 @@ def add_device_options(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
-    from ..bundle.device import DevicePaths
     from ..bundle.install import InstallOptions
+    from ..device import DevicePaths
     from ..errors import InputError
 
     try:

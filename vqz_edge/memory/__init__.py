@@ -1,6 +1,6 @@
-"""Memory budget model for Jetson's shared CPU/GPU RAM, and live free-memory readings.
+"""Memory budget model for Jetson's shared CPU/GPU RAM.
 
-Public API (other stages call these)::
+Public API (other stages call these; live free memory is a device fact: :mod:`vqz_edge.device`)::
 
     from vqz_edge.memory import MemoryItem, check_budget
     report = check_budget(get_target("orin-nano-8gb"), [MemoryItem("weights", 1 << 30, "fp16", "weights")])
@@ -24,15 +24,6 @@ from .budget import (
     require_fit,
     runtime_overhead,
 )
-from .meminfo import (
-    LiveMemory,
-    MemInfo,
-    parse_meminfo,
-    process_peak_rss_bytes,
-    read_jtop,
-    read_live_memory,
-    read_meminfo,
-)
 
 __all__ = [
     "DEFAULT_MARGIN_FRACTION",
@@ -41,15 +32,8 @@ __all__ = [
     "BudgetError",
     "BudgetReport",
     "BudgetRow",
-    "LiveMemory",
-    "MemInfo",
     "MemoryItem",
     "check_budget",
-    "parse_meminfo",
-    "process_peak_rss_bytes",
-    "read_jtop",
-    "read_live_memory",
-    "read_meminfo",
     "require_fit",
     "runtime_overhead",
 ]

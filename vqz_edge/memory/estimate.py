@@ -74,7 +74,7 @@ class Estimate:
 
 def estimate_engine_dir(path: Path) -> Estimate:
     """Items for a built engine (directory, engine file or manifest.json)."""
-    from ..runtime.manifest import load_manifest
+    from ..engine_manifest import load_manifest
 
     m = load_manifest(Path(path))
     mb = m.max_batch
@@ -352,7 +352,8 @@ def estimate_spec(path: Path, *, precision: str = "auto", batch: int | None = No
 
 def estimate_path(path: Path, *, batch: int | None = None, precision: str = "auto") -> Estimate:
     """Dispatch on what ``path`` is: engine dir / engine file / manifest.json, spec .toml, or .onnx."""
-    from ..runtime.manifest import ENGINE_SUFFIXES, MANIFEST_NAME
+    from ..engine_manifest import MANIFEST_NAME
+    from ..vocab import ENGINE_SUFFIXES
 
     path = Path(path)
     if not path.exists():

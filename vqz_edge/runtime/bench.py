@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from ..device import process_peak_rss_bytes
 from ..errors import InputError
 from ..log import get_logger
-from ..memory.meminfo import process_peak_rss_bytes
 from ..progress import ProgressFactory, make_bar
 from .base import EngineRunner
 

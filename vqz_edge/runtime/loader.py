@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
 from ..errors import InputError
 from ..log import get_logger
 from ..memory.budget import (
@@ -24,8 +25,8 @@ from ..memory.budget import (
     runtime_overhead,
 )
 from ..targets import Target, get_target, list_targets
+from ..vocab import ENGINE_SUFFIXES
 from .base import EngineRunner
-from .manifest import ENGINE_SUFFIXES, MANIFEST_NAME, EngineManifest, load_manifest
 
 _log = get_logger(__name__)
 
@@ -81,8 +82,8 @@ def onnx_budget(
     resident: Sequence[MemoryItem] = (),
 ) -> BudgetReport:
     """The budget an ONNX model needs before ONNX Runtime loads it (see module docstring)."""
+    from ..device import read_live_memory
     from ..memory.estimate import estimate_onnx
-    from ..memory.meminfo import read_live_memory
 
     if target is not None:
         est = estimate_onnx(path, batch=max_batch)

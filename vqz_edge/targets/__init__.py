@@ -29,12 +29,12 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ..log import get_logger
+from ..vocab import PACKAGE_DATA
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -281,7 +281,7 @@ def _parse_targets(
 @functools.lru_cache(maxsize=1)
 def builtin_catalog() -> Catalog:
     """The catalog shipped with vqz-edge (cached)."""
-    text = resources.files("vqz_edge").joinpath("data/targets.toml").read_text(encoding="utf-8")
+    text = (PACKAGE_DATA / "targets.toml").read_text(encoding="utf-8")
     doc = _parse_toml(text, "built-in targets.toml")
     if doc.get("schema") != CATALOG_SCHEMA:
         raise InputError(f"built-in targets.toml has schema {doc.get('schema')!r}, expected {CATALOG_SCHEMA}")

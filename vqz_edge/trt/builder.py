@@ -2,45 +2,43 @@
 
 Two layers:
 
-- :func:`build_engine` -- one engine from one ONNX file with TensorRT (parse, configure, build,
-  inspect). Everything it decides comes from ``constraints.py`` (pure, unit-tested); every API that
-  differs between TensorRT 8.6 / 10.x / 11.x goes through ``compat.py``.
-- :func:`run_build` -- what ``vqz-edge build`` does: find the calibration artifacts and the plan,
-  skip when the same inputs were already built with this TensorRT, build, check the precisions the
-  engine actually runs against the plan, write ``model.engine`` + ``manifest.json`` atomically.
-
-Phases are logged; TensorRT >= 10 also reports its optimiser's progress (IProgressMonitor).
+- :func:`build_engine` -- one engine from one ONNX file. The TensorRT steps Polygraphy's TensorRT backend
+  covers are Polygraphy's (NVIDIA maintains and tests them against TensorRT 8.x - 11.x): registering the
+  built-in plugins and parsing the ONNX file (``NetworkFromOnnxPath``), creating the builder config across
+  versions (``CreateConfig``: precision flags, profiles, the calibrator and its profile, precision constraints,
+  the workspace pool, profiling verbosity, the progress monitor), building (``EngineBytesFromNetwork``) and
+  deserialising (``EngineFromBytes``). vqz-edge's own code is what Polygraphy has no equivalent for: the plan ->
+  per-layer constraints (``constraints.py``; precisions *and* output types, which ``SetLayerPrecisions`` does
+  not set), DLA placement with a core number and the list of layers that fall back, the timing cache (Polygraphy
+  neither checks ``create_timing_cache`` for None nor ``set_timing_cache``'s result), and the inspector check.
+- :func:`run_build` -- what ``vqz-edge build`` does: find the calibration artifacts and the plan, skip when
+  the same inputs were already built with this TensorRT, build, check the precisions the engine actually runs
+  against the plan, write ``model.engine`` + ``manifest.json`` atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import fcntl
-import importlib
-import logging
-import threading
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import __version__
+from ..device import GpuInfo, host_name, read_gpu, read_jetpack, read_l4t
+from ..engine_manifest import build_manifest, engine_dir, up_to_date, utc_now, write_engine_and_manifest
 from ..errors import DependencyError, EngineBuildError, InputError
-from ..fsutil import atomic_write_bytes, canonical_json, sha256_bytes, sha256_file
+from ..fsutil import atomic_write_bytes, canonical_json, file_lock, sha256_bytes, sha256_file
 from ..log import get_logger
-from ..progress import ProgressBar, ProgressFactory, make_bar
-from .calibrator import BatchSource, CalibrationFeed, make_entropy_calibrator, spec_batches
-from .compat import (
-    WHERE_TO_RUN,
-    TrtVersion,
-    device_memory_per_profile,
-    import_tensorrt,
-    layer_metadata,
-    network_flags,
-    parser_error_text,
-    runtime_version,
-)
+from ..policy.plan import ResolvedPlan
+from ..progress import ProgressFactory
+from ..versions import TrtVersion
+from ..vocab import ENGINE_FILE, TIMING_CACHE_FILE
+from .calibrator import CalibrationFeed, make_entropy_calibrator, spec_batches
+from .callbacks import collect_errors, make_progress_monitor, polygraphy
+from .compat import WHERE_TO_RUN, device_memory_per_profile, import_tensorrt, layer_metadata, runtime_version
 from .constraints import (
     PRECISION_CONSTRAINTS,
     BuildDecision,
@@ -63,8 +61,8 @@ from .inspect import EngineLayer, PrecisionReport, check_report, compare_with_pl
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from ..policy.plan import ResolvedPlan
     from ..spec import Spec
+    from .calibrator import BatchSource
 
 _log = get_logger(__name__)
 
@@ -90,22 +88,6 @@ class TargetLike(Protocol):
     def default_trt_version(self) -> str: ...
 
 
-# --- small helpers ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive fcntl lock on ``<path>.lock`` (other builds on this host wait)."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _dims(d: trt.Dims) -> list[int]:
     return [int(d[i]) for i in range(len(d))]
 
@@ -114,91 +96,13 @@ def _dtype(dt: trt.DataType) -> str:
     return DTYPE_NAMES.get(str(dt.name), str(dt.name).lower())
 
 
-def gpu_info() -> dict[str, Any]:
-    """Name, compute capability and integrated flag of CUDA device 0, from the driver API (libcuda,
-    present wherever a GPU driver is; no pycuda needed). Nones when there is no usable GPU."""
-    unknown: dict[str, Any] = {"name": None, "compute_capability": None, "integrated": None}
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return unknown
-    dev = ctypes.c_int()
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0:
-        return unknown
-    name = ctypes.create_string_buffer(256)
-    values = []
-    for attribute in (75, 76, 18):  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR/_MINOR, _INTEGRATED
-        v = ctypes.c_int()
-        if cuda.cuDeviceGetAttribute(ctypes.byref(v), attribute, dev) != 0:
-            return unknown
-        values.append(v.value)
-    cuda.cuDeviceGetName(name, len(name), dev)
-    return {"name": name.value.decode(errors="replace") or None, "compute_capability": f"{values[0]}.{values[1]}",
-            "integrated": bool(values[2])}
-
-
-# --- TensorRT callbacks (Python subclasses of TensorRT interfaces, called from C++) -----------------
-
-
-def _make_logger() -> tuple[trt.ILogger, list[str]]:
-    """A trt.ILogger that forwards to Python logging and keeps TensorRT's error messages."""
-    import tensorrt as trt
-
-    errors: list[str] = []
-    sev = trt.ILogger.Severity
-    levels = {sev.INTERNAL_ERROR: logging.ERROR, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
-              sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG}
-    trt_log = get_logger("vqz_edge.trt.tensorrt")
-
-    # type-ignore "misc": where mypy cannot read the tensorrt stubs, trt.* is Any (see docs/build.md); with
-    # readable stubs the ignore is unused and the class is checked against them.
-    class Logger(trt.ILogger):  # type: ignore[misc,unused-ignore]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            level = levels.get(severity, logging.INFO)
-            if level >= logging.ERROR:
-                errors.append(msg)
-            if trt_log.isEnabledFor(level):
-                trt_log.log(level, "TensorRT: %s", msg)
-
-    return Logger(), errors
-
-
-def _make_progress_monitor(progress: ProgressFactory | None) -> trt.IProgressMonitor:
-    """TensorRT >= 10: one progress bar per top-level optimiser phase; nested phases are logged."""
-    import tensorrt as trt
-
-    lock = threading.Lock()  # TensorRT may call from several threads
-    bars: dict[str, ProgressBar] = {}
-
-    class Monitor(trt.IProgressMonitor):  # type: ignore[misc,unused-ignore]  # as Logger above
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            with lock:
-                if parent_phase is None:
-                    _log.info("TensorRT phase: %s (%d steps)", phase_name, num_steps)
-                    bars[phase_name] = make_bar(progress, f"{phase_name} (steps)", num_steps)
-                else:
-                    _log.debug("TensorRT phase: %s / %s (%d steps)", parent_phase, phase_name, num_steps)
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            with lock:
-                bar = bars.get(phase_name)
-                if bar is not None:
-                    bar.update(1)
-            return True  # False would cancel the build
-
-        def phase_finish(self, phase_name: str) -> None:
-            with lock:
-                bar = bars.pop(phase_name, None)
-                if bar is not None:
-                    bar.close()
-
-    return Monitor()
+def require_gpu() -> GpuInfo:
+    """The CUDA GPU this build runs on, or DependencyError (exit 3) saying what is missing."""
+    gpu = read_gpu()
+    if gpu is None:
+        raise DependencyError("TensorRT is installed but no CUDA GPU was found (pycuda sees no device 0)",
+                              hint=WHERE_TO_RUN)
+    return gpu
 
 
 # --- one engine --------------------------------------------------------------------------------------
@@ -210,7 +114,6 @@ class CalibrationInputs:
 
     offline_cache: bytes | None
     data: Callable[[str, tuple[int, ...]], BatchSource] | None  # (input name, batch shape) -> batches
-    batch_size: int
     cache_out: Path | None  # where TensorRT's own cache goes if it calibrates on the device
 
 
@@ -276,7 +179,8 @@ def engine_io(engine: trt.ICudaEngine) -> list[dict[str, Any]]:
     return out
 
 
-def _apply_constraints(network: trt.INetworkDefinition, constraints: ConstraintSet) -> None:
+def apply_constraints(network: trt.INetworkDefinition, constraints: ConstraintSet) -> None:
+    """Pin each constrained layer's precision and its floating-point outputs' types (weakly typed networks)."""
     import tensorrt as trt
 
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
@@ -289,155 +193,74 @@ def _apply_constraints(network: trt.INetworkDefinition, constraints: ConstraintS
         _log.debug("pinned %s (%s) to %s", c.layer, c.node, c.precision)
 
 
-def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
+@dataclass
+class TimingCacheUse:
+    """What happened to the timing cache file while configuring (filled in by the config step)."""
+
+    path: Path
+    loaded: bool = False  # the file's cache is what this build uses
+    stale: bool = False  # the file was made by another TensorRT / device (or was unreadable): replace, do not merge
+    config: Any = None
+
+
+def load_timing_cache(config: trt.IBuilderConfig, use: TimingCacheUse) -> None:
+    """Give the build the cache in ``use.path`` when it belongs to this TensorRT and device; otherwise an empty
+    one, and say so. ``create_timing_cache`` returns None for a corrupt blob and ``set_timing_cache`` False for
+    another TensorRT/device's cache: both are checked (passing None on would be a TypeError inside TensorRT)."""
+    use.config = config
     data = b""
-    if path.is_file():
-        with file_lock(path):
-            data = path.read_bytes()
-    try:
-        cache = config.create_timing_cache(data)
-    except (RuntimeError, TypeError) as exc:  # a cache from another TensorRT / a damaged file
-        _log.warning("ignoring timing cache %s: %s", path, exc)
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, False)
-    return cache
+    if use.path.is_file():
+        with file_lock(use.path):
+            data = use.path.read_bytes()
+    cache = None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            _log.warning("ignoring timing cache %s: %s", use.path, exc)
+        if cache is None:
+            _log.warning("timing cache %s is unreadable (corrupt or not a timing cache); starting an empty one", use.path)
+            use.stale = True
+        elif config.set_timing_cache(cache, False):
+            use.loaded = True
+            return
+        else:
+            _log.warning("timing cache %s was made by another TensorRT version or GPU; starting an empty one "
+                         "(it will be replaced, not merged)", use.path)
+            use.stale = True
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, False):
+        raise EngineBuildError("TensorRT refused an empty timing cache")
 
 
-def _save_timing_cache(config: trt.IBuilderConfig, cache: trt.ITimingCache, path: Path) -> None:
-    """Merge what this build timed with what other builds wrote meanwhile, under the lock."""
-    with file_lock(path):
-        if path.is_file():
+def save_timing_cache(use: TimingCacheUse) -> None:
+    """Merge what this build timed with what other builds of the same TensorRT/device wrote meanwhile, under the
+    file lock; a stale file is replaced."""
+    config = use.config
+    if config is None:
+        return
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    with file_lock(use.path):
+        if use.path.is_file() and not use.stale:
             try:
-                if not cache.combine(config.create_timing_cache(path.read_bytes()), False):
-                    _log.warning("timing cache %s could not be merged; overwriting it", path)
-            except (RuntimeError, TypeError) as exc:
-                _log.warning("timing cache %s unreadable (%s); overwriting it", path, exc)
-        atomic_write_bytes(path, bytes(cache.serialize()))
+                other = config.create_timing_cache(use.path.read_bytes())
+            except (RuntimeError, TypeError, ValueError):
+                other = None
+            if other is None or not cache.combine(other, False):
+                _log.warning("timing cache %s could not be merged (changed by another TensorRT or GPU meanwhile); "
+                             "replacing it", use.path)
+        atomic_write_bytes(use.path, bytes(cache.serialize()))
 
 
-def _calibration_batch_shape(tensor: NetTensor, profile: ProfileShapes, batch_size: int) -> tuple[int, ...]:
-    batch = tensor.shape[0] if tensor.shape and tensor.shape[0] > 0 else batch_size
-    return (batch, *profile.opt[1:])
+def _calibration_shape(tensor: NetTensor, profile: ProfileShapes) -> tuple[int, ...]:
+    """TensorRT calibrates at the calibration profile's opt shape (Polygraphy uses the build profile)."""
+    return tuple(s if s > 0 else o for s, o in zip(tensor.shape, profile.opt)) if tensor.shape else profile.opt
 
 
-def build_engine(cfg: EngineConfig, progress: ProgressFactory | None = None) -> EngineBuild:
-    """Parse ``cfg.onnx_path`` and build one serialized engine. Raises EngineBuildError with TensorRT's
-    own messages (parser errors name the ONNX node)."""
-    version = runtime_version(import_tensorrt())
-    import tensorrt as trt
-
-    decision = cfg.decision
-    logger, trt_errors = _make_logger()
-    builder = trt.Builder(logger)
-
-    _log.info("[1/5] parsing %s with TensorRT %s", cfg.onnx_path, version)
-    network = builder.create_network(network_flags(version, strongly_typed=decision.strongly_typed))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(cfg.onnx_path)):
-        errors = [parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(
-            f"TensorRT {version}'s ONNX parser rejected {cfg.onnx_path} ({len(errors)} error(s)):\n  "
-            + "\n  ".join(errors or trt_errors[-10:]),
-            hint="the node names above are ONNX node names; an unsupported op needs a plugin or a different export",
-        )
-    desc = describe_network(network)
-    problems = check_profiles(desc.inputs, cfg.profiles)
-    if problems:
-        raise InputError("spec [[inputs]] do not fit the network:\n  " + "\n  ".join(problems))
-
-    _log.info("[2/5] configuring: mode %s, %s typed, workspace %d MiB", decision.mode,
-              "strongly" if decision.strongly_typed else "weakly", cfg.workspace_bytes >> 20)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_bytes)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector needs per-layer formats
-    if decision.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if decision.int8:
-        config.set_flag(trt.BuilderFlag.INT8)
-
-    constraints = plan_constraints(cfg.plan, desc, decision.constrain)
-    if constraints.unmatched:
-        raise EngineBuildError(
-            f"{len(constraints.unmatched)} layer(s) the plan keeps above INT8 are not in the network parsed from "
-            f"{cfg.onnx_path.name}: {list(constraints.unmatched[:8])}",
-            hint="the plan was made for another model; re-run `vqz-edge plan` / `vqz-edge calibrate`",
-        )
-    if constraints.constraints:
-        _apply_constraints(network, constraints)
-        obey = cfg.precision_constraints == "obey"
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS if obey else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        _log.info("pinned %d network layer(s) above INT8 (%s)", len(constraints.constraints), cfg.precision_constraints)
-
-    profile = builder.create_optimization_profile()
-    for p in cfg.profiles:
-        profile.set_shape(p.name, trt.Dims(list(p.min)), trt.Dims(list(p.opt)), trt.Dims(list(p.max)))
-    config.add_optimization_profile(profile)
-
-    feed: CalibrationFeed | None = None
-    calibrator: trt.IInt8EntropyCalibrator2 | None = None
-    verdict: CacheVerdict | None = None
-    if decision.calibrator:
-        feed, verdict, calibration_profile = _setup_calibration(cfg, builder, desc, version)
-        calibrator = make_entropy_calibrator(feed)
-        config.int8_calibrator = calibrator  # deprecated in 10.1; decide_build allows it only for <= 10
-        if calibration_profile is not None:
-            config.set_calibration_profile(calibration_profile)
-
-    dla_fallback: list[str] = []
-    if cfg.dla_core is not None:
-        if cfg.dla_core >= builder.num_DLA_cores:
-            raise InputError(f"--dla-core {cfg.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = cfg.dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        dla_fallback = [network.get_layer(i).name for i in range(network.num_layers)
-                        if not config.can_run_on_DLA(network.get_layer(i))]
-        _log.info("DLA core %d: %d layer(s) fall back to the GPU", cfg.dla_core, len(dla_fallback))
-
-    timing_cache = _load_timing_cache(config, cfg.timing_cache) if cfg.timing_cache else None
-    monitor = _make_progress_monitor(progress) if version.supports_progress_monitor else None
-    if monitor is not None:
-        config.progress_monitor = monitor
-
-    _log.info("[3/5] building (TensorRT tries kernels for every layer: minutes on a Jetson)")
-    t0 = time.monotonic()
-    try:
-        serialized = builder.build_serialized_network(network, config)
-    finally:
-        if feed is not None:
-            feed.free()
-    seconds = time.monotonic() - t0
-    if feed is not None and feed.error is not None:
-        raise feed.error
-    if serialized is None:
-        raise EngineBuildError(
-            f"TensorRT {version} failed to build the engine after {seconds:.0f}s:\n  " + "\n  ".join(trt_errors[-15:]),
-            hint="with OBEY precision constraints a layer without a kernel in the pinned precision fails the "
-            "build; --precision-constraints prefer lets TensorRT override (and reports which layers)",
-        )
-    engine_bytes = bytes(serialized)
-    if cfg.timing_cache is not None and timing_cache is not None:
-        _save_timing_cache(config, timing_cache, cfg.timing_cache)
-
-    _log.info("[4/5] inspecting the engine (%.1f MiB, built in %.0fs)", len(engine_bytes) / 2**20, seconds)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
-    if engine is None:
-        raise EngineBuildError("TensorRT could not deserialize the engine it just built:\n  " + "\n  ".join(trt_errors[-5:]))
-    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-    return EngineBuild(
-        engine=engine_bytes, trt_version=version, network=desc, constraints=constraints,
-        engine_layers=parse_engine_info(info), io=engine_io(engine), device_memory_bytes=device_memory_per_profile(engine),
-        seconds=seconds, dla_fallback=dla_fallback, cache_verdict=verdict,
-        device_calibration_batches=feed.batches_used if feed is not None else 0,
-    )
-
-
-def _setup_calibration(
-    cfg: EngineConfig, builder: trt.Builder, desc: NetworkDesc, version: TrtVersion,
-) -> tuple[CalibrationFeed, CacheVerdict, trt.IOptimizationProfile | None]:
+def setup_calibration(cfg: EngineConfig, desc: NetworkDesc, version: TrtVersion) -> tuple[CalibrationFeed, CacheVerdict]:
     """Decide offline cache vs on-device calibration before the build starts."""
-    import tensorrt as trt
-
     from ..calib.cache import parse_cache
 
     calib = cfg.calibration
@@ -453,13 +276,11 @@ def _setup_calibration(
         _log.warning("calibration cache has %d tensor(s) this network does not (ignored), e.g. %s",
                      len(verdict.extra), list(verdict.extra[:3]))
     by_name = {p.name: p for p in cfg.profiles}
-    dynamic = [t for t in desc.inputs if any(d < 0 for d in t.shape)]
     batches: BatchSource | None = None
-    calibration_profile = None
-    batch_size = calib.batch_size
+    batch_size = 1
     if len(desc.inputs) == 1 and desc.inputs[0].name in by_name:
         tensor = desc.inputs[0]
-        shape = _calibration_batch_shape(tensor, by_name[tensor.name], calib.batch_size)
+        shape = _calibration_shape(tensor, by_name[tensor.name])
         batch_size = shape[0]
         data = calib.data
         if data is not None:
@@ -467,9 +288,6 @@ def _setup_calibration(
                 batches = lambda: data(tensor.name, shape)()  # noqa: E731
             else:  # open it now: a missing folder or a wrong shape is an ordinary error, not a callback's
                 batches = data(tensor.name, shape)
-        if dynamic:  # TensorRT calibrates at the calibration profile's opt shape
-            calibration_profile = builder.create_optimization_profile()
-            calibration_profile.set_shape(tensor.name, trt.Dims(list(shape)), trt.Dims(list(shape)), trt.Dims(list(shape)))
     feed = CalibrationFeed(offline_cache=calib.offline_cache if verdict.accepted else None, batches=batches,
                            batch_size=batch_size, cache_out=calib.cache_out)
     if verdict.accepted:
@@ -477,7 +295,117 @@ def _setup_calibration(
     else:
         _log.warning("calibration: offline cache not used (%s); calibrating on the device", verdict.reason)
         feed.prepare()  # pycuda and data now, not inside TensorRT's callback
-    return feed, verdict, calibration_profile
+    return feed, verdict
+
+
+def _failed(what: str, errors: list[str], hint: str | None = None) -> EngineBuildError:
+    shown = "\n  ".join(errors[-15:]) or "(TensorRT logged no error; run with -vv for its full log)"
+    return EngineBuildError(f"{what}:\n  {shown}", hint=hint)
+
+
+def build_engine(cfg: EngineConfig, progress: ProgressFactory | None = None) -> EngineBuild:
+    """Parse ``cfg.onnx_path`` and build one serialized engine. Raises EngineBuildError with TensorRT's
+    own messages (parser errors name the ONNX node)."""
+    trt_mod = import_tensorrt()
+    version = runtime_version(trt_mod)
+    pg = polygraphy()
+    from polygraphy.exception import PolygraphyException
+
+    decision = cfg.decision
+    _log.info("[1/5] parsing %s with TensorRT %s", cfg.onnx_path, version)
+    with collect_errors() as errors:
+        try:
+            builder, network, _parser = pg.NetworkFromOnnxPath(str(cfg.onnx_path), strongly_typed=decision.strongly_typed)()
+        except PolygraphyException as exc:
+            raise _failed(f"TensorRT {version}'s ONNX parser rejected {cfg.onnx_path} ({exc})", errors,
+                          "the node names above are ONNX node names; an unsupported op needs a plugin or a different "
+                          "export") from None
+    desc = describe_network(network)
+    problems = check_profiles(desc.inputs, cfg.profiles)
+    if problems:
+        raise InputError("spec [[inputs]] do not fit the network:\n  " + "\n  ".join(problems))
+
+    constraints = plan_constraints(cfg.plan, desc, decision.constrain)
+    if constraints.unmatched:
+        raise EngineBuildError(
+            f"{len(constraints.unmatched)} layer(s) the plan keeps above INT8 are not in the network parsed from "
+            f"{cfg.onnx_path.name}: {list(constraints.unmatched[:8])}",
+            hint="the plan was made for another model; re-run `vqz-edge plan` / `vqz-edge calibrate`",
+        )
+    if constraints.constraints:
+        apply_constraints(network, constraints)
+        _log.info("pinned %d network layer(s) above INT8 (%s)", len(constraints.constraints), cfg.precision_constraints)
+
+    feed: CalibrationFeed | None = None
+    verdict: CacheVerdict | None = None
+    if decision.calibrator:
+        feed, verdict = setup_calibration(cfg, desc, version)
+
+    profile = pg.Profile()
+    for p in cfg.profiles:
+        profile.add(p.name, min=list(p.min), opt=list(p.opt), max=list(p.max))
+    _log.info("[2/5] configuring: mode %s, %s typed, workspace %d MiB", decision.mode,
+              "strongly" if decision.strongly_typed else "weakly", cfg.workspace_bytes >> 20)
+    options: dict[str, Any] = {
+        "fp16": decision.fp16, "int8": decision.int8, "profiles": [profile] if cfg.profiles else None,
+        "memory_pool_limits": {trt_mod.MemoryPoolType.WORKSPACE: cfg.workspace_bytes},
+        "profiling_verbosity": trt_mod.ProfilingVerbosity.DETAILED,  # the inspector needs per-layer formats
+        "precision_constraints": cfg.precision_constraints if constraints.constraints else None,
+        "calibrator": make_entropy_calibrator(feed) if feed is not None else None,
+    }
+    if version.supports_progress_monitor:
+        options["progress_monitor"] = make_progress_monitor(progress)
+    timing = TimingCacheUse(cfg.timing_cache) if cfg.timing_cache is not None else None
+    dla_fallback: list[str] = []
+
+    def finish_config(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> None:
+        if cfg.dla_core is not None:
+            if cfg.dla_core >= builder.num_DLA_cores:
+                raise InputError(f"--dla-core {cfg.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
+            config.default_device_type = trt_mod.DeviceType.DLA
+            config.DLA_core = cfg.dla_core
+            config.set_flag(trt_mod.BuilderFlag.GPU_FALLBACK)
+            dla_fallback.extend(network.get_layer(i).name for i in range(network.num_layers)
+                                if not config.can_run_on_DLA(network.get_layer(i)))
+            _log.info("DLA core %d: %d layer(s) fall back to the GPU", cfg.dla_core, len(dla_fallback))
+        if timing is not None:
+            load_timing_cache(config, timing)
+
+    config_loader = pg.PostprocessConfig(pg.CreateConfig(**options), finish_config)
+    _log.info("[3/5] building (TensorRT tries kernels for every layer: minutes on a Jetson)")
+    t0 = time.monotonic()
+    with collect_errors() as errors:
+        try:
+            serialized = pg.EngineBytesFromNetwork((builder, network), config=config_loader)()
+        except PolygraphyException:
+            serialized = None
+        finally:
+            if feed is not None:
+                feed.free()
+    seconds = time.monotonic() - t0
+    if feed is not None and feed.error is not None:
+        raise feed.error
+    if not serialized:
+        raise _failed(f"TensorRT {version} failed to build the engine after {seconds:.0f}s", errors,
+                      "with OBEY precision constraints a layer without a kernel in the pinned precision fails the "
+                      "build; --precision-constraints prefer lets TensorRT override (and reports which layers)")
+    engine_bytes = bytes(serialized)
+    if timing is not None:
+        save_timing_cache(timing)
+
+    _log.info("[4/5] inspecting the engine (%.1f MiB, built in %.0fs)", len(engine_bytes) / 2**20, seconds)
+    with collect_errors() as errors:
+        try:
+            engine = pg.EngineFromBytes(engine_bytes)()
+        except PolygraphyException:
+            raise _failed("TensorRT could not deserialize the engine it just built", errors) from None
+    info = engine.create_engine_inspector().get_engine_information(trt_mod.LayerInformationFormat.JSON)
+    return EngineBuild(
+        engine=engine_bytes, trt_version=version, network=desc, constraints=constraints,
+        engine_layers=parse_engine_info(info), io=engine_io(engine), device_memory_bytes=device_memory_per_profile(engine),
+        seconds=seconds, dla_fallback=dla_fallback, cache_verdict=verdict,
+        device_calibration_batches=feed.batches_used if feed is not None else 0,
+    )
 
 
 # --- vqz-edge build -------------------------------------------------------------------------------
@@ -511,7 +439,7 @@ class BuildOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "status": self.status, "directory": str(self.directory), "engine": str(self.directory / "model.engine"),
+            "status": self.status, "directory": str(self.directory), "engine": str(self.directory / ENGINE_FILE),
             "key": self.key, "reason": self.reason, "mode": self.mode, "tensorrt_version": self.tensorrt_version,
             "notes": list(self.notes),
         }
@@ -550,12 +478,7 @@ def spec_profiles(spec: Spec) -> tuple[ProfileShapes, ...]:
 
 
 def load_plan(req: BuildRequest, calib_dir: Path, onnx_fp32: Path) -> tuple[ResolvedPlan | None, str]:
-    """The resolved plan: --plan, else <calibration>/plan.json, else the spec's rules resolved now
-    (``vqz_edge.policy.resolve_plan``, where that exists)."""
-    import json
-
-    from ..policy.plan import ResolvedPlan
-
+    """The resolved plan: --plan, else <calibration>/plan.json, else the spec's rules resolved now."""
     path = req.plan_path or calib_dir / "plan.json"
     if path.is_file():
         try:
@@ -565,15 +488,13 @@ def load_plan(req: BuildRequest, calib_dir: Path, onnx_fp32: Path) -> tuple[Reso
         source = str(path)
     elif req.plan_path is not None:
         raise InputError(f"precision plan {req.plan_path} does not exist")
+    elif not onnx_fp32.is_file():
+        return None, "none (no plan.json; the spec's precision rules are not applied)"
     else:
-        resolver = getattr(importlib.import_module("vqz_edge.policy"), "resolve_plan", None)
-        if resolver is None or not onnx_fp32.is_file():
-            return None, "none (no plan.json; the spec's precision rules are not applied)"
-        from ..onnx_io import load_model
+        from ..onnx_io import load_model  # onnx: only when the plan must be resolved on this host
+        from ..policy import resolve_plan
 
-        plan = resolver(req.spec, load_model(onnx_fp32))
-        if not isinstance(plan, ResolvedPlan):
-            raise TypeError(f"vqz_edge.policy.resolve_plan returned {type(plan).__name__}, not ResolvedPlan")
+        plan = resolve_plan(req.spec, load_model(onnx_fp32))
         source = "resolved from the spec's [precision] rules"
     if onnx_fp32.is_file() and plan.onnx_sha256 and plan.onnx_sha256 != sha256_file(onnx_fp32):
         raise InputError(
@@ -586,17 +507,6 @@ def load_plan(req: BuildRequest, calib_dir: Path, onnx_fp32: Path) -> tuple[Reso
 
 def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> BuildOutcome:
     """``vqz-edge build``: nothing is written unless TensorRT is importable and the build succeeds."""
-    from .. import __version__
-    from ..device_info import host_name, read_jetpack, read_l4t
-    from ..engine_manifest import (
-        TIMING_CACHE_FILE,
-        build_manifest,
-        engine_dir,
-        up_to_date,
-        utc_now,
-        write_engine_and_manifest,
-    )
-
     spec, target = req.spec, req.target
     check_dla(target.name, target.dla_cores, req.dla_core)
     if req.precision_constraints not in PRECISION_CONSTRAINTS:
@@ -642,12 +552,9 @@ def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> Bui
             _log.info("skipping: %s (--force rebuilds)", why)
             return BuildOutcome("skipped", out_dir, key, why, decision.mode, str(version), notes=notes)
 
-    gpu = gpu_info()
-    if gpu["compute_capability"] is None:
-        raise DependencyError("TensorRT is installed but no CUDA GPU was found (libcuda.so.1 / device 0)",
-                              hint=WHERE_TO_RUN)
-    if gpu["compute_capability"] != target.compute_capability:
-        msg = (f"this GPU ({gpu['name']}, compute capability {gpu['compute_capability']}) is not the target's "
+    gpu = require_gpu()
+    if gpu.compute_capability != target.compute_capability:
+        msg = (f"this GPU ({gpu.name}, compute capability {gpu.compute_capability}) is not the target's "
                f"({target.name}: {target.compute_capability}); the engine would only run on GPUs like this one")
         if not req.allow_gpu_mismatch:
             raise InputError(msg, hint="build on the device (or in the Jetson container on it); "
@@ -659,7 +566,7 @@ def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> Bui
     if decision.calibrator:
         calibration = CalibrationInputs(
             offline_cache=offline_cache, data=lambda name, shape: spec_batches(spec, name, shape),
-            batch_size=spec.calibration.batch_size, cache_out=out_dir / "calibration.cache",
+            cache_out=out_dir / "calibration.cache",
         )
     cfg = EngineConfig(onnx_path=onnx_path, decision=decision, profiles=spec_profiles(spec), workspace_bytes=ws, plan=plan,
                        precision_constraints=req.precision_constraints, dla_core=req.dla_core,
@@ -690,7 +597,7 @@ def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> Bui
             "overridden": [x.name for x in report.overridden] if report else [],
         }
         manifest = build_manifest(
-            model=spec.model.name, target=target.name, engine=result.engine, tensorrt_version=str(version), gpu=gpu,
+            model=spec.model.name, target=target.name, engine=result.engine, tensorrt_version=str(version), gpu=gpu.to_dict(),
             l4t=l4t, jetpack=read_jetpack(l4t), mode=decision.mode, inputs=hashes, io=result.io,
             device_memory_bytes=result.device_memory_bytes,
             layers=report.manifest_layers() if report is not None else engine_layer_precisions(result.engine_layers),

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
     from ..spec import Spec
 
-_log = get_logger(__name__)
+    BatchSource = Callable[[], Iterator[np.ndarray]]  # evaluated only by type checkers (Python 3.8 on JetPack 5)
 
-BatchSource = Callable[[], Iterator[np.ndarray]]
+_log = get_logger(__name__)
 
 
 def import_pycuda() -> Any:

@@ -1,6 +1,6 @@
-"""TensorRT version handling in one place: lazy import, version parsing, the version codes
-TensorRT writes into calibration-cache headers and plan files, what each version supports
-(``TrtVersion`` properties), and the few API calls that differ between 8.6, 10.x and 11.x.
+"""The imported TensorRT: lazy import with the supported-version gate, and the few API calls that differ
+between 8.5/8.6, 10.x and 11.x that Polygraphy does not cover. The version facts themselves (what each
+version supports) are :class:`vqz_edge.versions.TrtVersion`.
 
 Nothing here imports tensorrt at module import time.
 """
@@ -8,12 +8,11 @@ Nothing here imports tensorrt at module import time.
 from __future__ import annotations
 
 import importlib
-import re
-from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..errors import DependencyError, InputError
+from ..versions import TrtVersion, require_supported
 
 if TYPE_CHECKING:  # type-checked against tensorrt-stubs; never imported at run time here
     import tensorrt as trt
@@ -24,75 +23,9 @@ WHERE_TO_RUN = (
 )
 
 
-@dataclass(frozen=True, order=True)
-class TrtVersion:
-    major: int
-    minor: int
-    patch: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}"
-
-    @property
-    def code(self) -> int:
-        """NV_TENSORRT_VERSION as TensorRT itself computes it (and writes into cache headers).
-
-        TensorRT 8.x: major*1000 + minor*100 + patch (8.6.1 -> 8601).
-        TensorRT 10+: major*10000 + minor*100 + patch (10.3.0 -> 100300).
-        """
-        if self.major >= 10:
-            return self.major * 10000 + self.minor * 100 + self.patch
-        return self.major * 1000 + self.minor * 100 + self.patch
-
-    @property
-    def supports_implicit_int8(self) -> bool:
-        """IInt8EntropyCalibrator2 exists up to TensorRT 10 (deprecated since 10.1, removed in 11)."""
-        return self.major <= 10
-
-    @property
-    def implicit_int8_deprecated(self) -> bool:
-        return self >= TrtVersion(10, 1, 0)
-
-    @property
-    def supports_strongly_typed(self) -> bool:
-        """NetworkDefinitionCreationFlag.STRONGLY_TYPED appeared in TensorRT 9/10."""
-        return self.major >= 10
-
-    @property
-    def supports_weak_typing(self) -> bool:
-        """BuilderFlag.FP16/INT8 and per-layer precision / output types (weakly typed networks).
-
-        Deprecated in TensorRT 10.12 ("superseded by strong typing"); we assume 11 drops them.
-        """
-        return self.major <= 10
-
-    @property
-    def needs_explicit_batch_flag(self) -> bool:
-        """TensorRT 8.x needs NetworkDefinitionCreationFlag.EXPLICIT_BATCH; 10 ignores it (deprecated)."""
-        return self.major < 10
-
-    @property
-    def supports_progress_monitor(self) -> bool:
-        """IBuilderConfig.progress_monitor / trt.IProgressMonitor exist from TensorRT 10.0."""
-        return self.major >= 10
-
-
-_VERSION_RE = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?(?:\.\d+)*\s*$")
-
-
-def parse_trt_version(text: str) -> TrtVersion:
-    """'8.6.1', '10.3.0', '10.3.0.26' -> TrtVersion."""
-    m = _VERSION_RE.match(str(text))
-    if not m:
-        raise InputError(f"TensorRT version {text!r} is not of the form MAJOR.MINOR[.PATCH] (e.g. 10.3.0)")
-    v = TrtVersion(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
-    if v.major < 8 or v.major > 11:
-        raise InputError(f"TensorRT {v} is not supported; vqz-edge supports 8.5 - 11.x")
-    return v
-
-
 def import_tensorrt() -> ModuleType:
-    """Import the real tensorrt module or raise DependencyError saying where to run.
+    """Import the real tensorrt module, or raise DependencyError saying where to run. A TensorRT outside the
+    supported range (8.5 - 11.x) is refused here, before any of its API is touched.
 
     tensorrt-stubs installs a ``tensorrt`` namespace package holding only .pyi files; importing it
     "succeeds" with nothing inside, so presence of ``Builder`` is checked explicitly.
@@ -105,7 +38,16 @@ def import_tensorrt() -> ModuleType:
         raise DependencyError(
             "TensorRT is not installed on this host (only type stubs were found)", hint=WHERE_TO_RUN
         )
+    runtime_version(trt)
     return trt
+
+
+def runtime_version(module: ModuleType) -> TrtVersion:
+    """The version of the TensorRT actually imported; DependencyError outside the supported range."""
+    try:
+        return require_supported(str(module.__version__))
+    except InputError as exc:
+        raise DependencyError(f"this host's {exc.message}", hint=exc.hint) from exc
 
 
 def tensorrt_available() -> bool:
@@ -116,35 +58,24 @@ def tensorrt_available() -> bool:
     return True
 
 
-# --- TensorRT API differences between 8.6, 10.x and 11.x, in one place ----------------------------
-# Each function takes real TensorRT objects and returns plain Python values. APIs missing from the
-# 10.x stubs (or from older runtimes) are reached with getattr, with a comment saying which version.
+def tensorrt_version() -> str | None:
+    """The version of the supported TensorRT this process can import, or None."""
+    try:
+        return str(runtime_version(import_tensorrt()))
+    except DependencyError:
+        return None
 
 
-def runtime_version(module: ModuleType) -> TrtVersion:
-    """The version of the TensorRT actually imported (not the target's catalog version)."""
-    return parse_trt_version(str(module.__version__))
-
-
-def network_flags(version: TrtVersion, *, strongly_typed: bool) -> int:
-    """Flags for Builder.create_network()."""
-    import tensorrt as trt
-
-    flags = 0
-    if version.needs_explicit_batch_flag:  # 8.x: implicit batch is the default there
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed:
-        if not version.supports_strongly_typed:
-            raise InputError(f"TensorRT {version} has no strongly typed networks (needs 10.0 or newer)")
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    return flags
+# --- TensorRT API differences between 8.5, 8.6, 10.x and 11.x, in one place ----------------------------
+# Each function takes real TensorRT objects and returns plain Python values. Where a name exists only in
+# some versions it is looked up with getattr and the versions are named.
 
 
 def parser_error_text(error: trt.ParserError) -> str:
     """One line per ONNX parser error, naming the node. node_name()/node_operator() exist from
-    TensorRT 10.0; 8.6 only has the node index."""
-    node_name = getattr(error, "node_name", None)  # absent in 8.6
-    node_op = getattr(error, "node_operator", None)  # absent in 8.6
+    TensorRT 10.0; 8.5/8.6 only have the node index."""
+    node_name = getattr(error, "node_name", None)  # absent in 8.5/8.6
+    node_op = getattr(error, "node_operator", None)  # absent in 8.5/8.6
     where = f"node #{int(error.node())}"
     if node_name is not None:
         where += f" {node_name()!r}"
@@ -154,15 +85,21 @@ def parser_error_text(error: trt.ParserError) -> str:
 
 
 def layer_metadata(layer: trt.ILayer) -> str:
-    """The ONNX parser's '[ONNX Layer: <node>]' metadata (TensorRT 8.6+/10); '' where unavailable."""
+    """The ONNX parser's '[ONNX Layer: <node>...]' metadata (ILayer.metadata: TensorRT 8.6+); '' on 8.5."""
     return str(getattr(layer, "metadata", "") or "")
 
 
 def device_memory_per_profile(engine: trt.ICudaEngine) -> list[int]:
-    """Activation (device) memory per optimisation profile. get_device_memory_size_for_profile exists
-    from TensorRT 10.1; older runtimes only report the maximum over all profiles."""
-    per_profile = getattr(engine, "get_device_memory_size_for_profile", None)
+    """Activation (device) memory per optimisation profile.
+
+    TensorRT 10.1+: get_device_memory_size_for_profile_v2 (11.x has only the _v2 forms); 10.0 had the non-v2
+    per-profile call; 8.5/8.6 only report the maximum over all profiles (device_memory_size)."""
     n = int(engine.num_optimization_profiles)
-    if per_profile is not None:
-        return [int(per_profile(i)) for i in range(n)]
-    return [int(engine.device_memory_size)] * n
+    for name in ("get_device_memory_size_for_profile_v2", "get_device_memory_size_for_profile"):
+        per_profile = getattr(engine, name, None)
+        if per_profile is not None:
+            return [int(per_profile(i)) for i in range(n)]
+    total = getattr(engine, "device_memory_size_v2", None)
+    if total is None:
+        total = engine.device_memory_size  # 8.5 / 8.6
+    return [int(total)] * n

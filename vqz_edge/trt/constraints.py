@@ -4,7 +4,7 @@ The TensorRT builder (``builder.py``) describes the parsed network as plain data
 and asks this module what to do:
 
 - :func:`decide_build`: mode (fp16 / implicit / explicit), strong vs weak typing, builder flags, per
-  TensorRT version (8.6, 10.x, 11.x) -- the decisions; the version facts live in ``compat.TrtVersion``.
+  TensorRT version (8.5, 8.6, 10.x, 11.x) -- the decisions; the version facts live in ``versions.TrtVersion``.
 - :func:`plan_constraints`: which network layers get a precision + output type, from the resolved plan.
 - :func:`check_calibration_cache`: whether an offline calibration cache fits this TensorRT and network.
 - :func:`check_profiles`: spec input shapes vs the network inputs.
@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..fsutil import canonical_json, sha256_bytes
 from ..policy.plan import ResolvedPlan
-from .compat import TrtVersion
+from ..versions import TrtVersion
+from ..vocab import CLI_BUILD_MODES
 
-MODES = ("fp16", "implicit", "explicit")
-CLI_MODES = ("auto", *MODES)
 PRECISION_CONSTRAINTS = ("obey", "prefer")
 FLOAT_DTYPES = ("float32", "float16")
 # Network layer types whose INT8 kernels need an input scale when there is no plan (LayerType names).
@@ -81,8 +80,12 @@ _ONNX_LAYER_RE = re.compile(r"\[ONNX Layer: (.*?)\]")
 
 
 def onnx_nodes_from_metadata(metadata: str) -> tuple[str, ...]:
-    """'[ONNX Layer: /a/Conv]\\x1f[ONNX Layer: /a/Relu]' -> ('/a/Conv', '/a/Relu'), first-seen order."""
-    return tuple(dict.fromkeys(_ONNX_LAYER_RE.findall(metadata or "")))
+    """'[ONNX Layer: /a/Conv]\\x1f[ONNX Layer: /a/Relu]' -> ('/a/Conv', '/a/Relu'), first-seen order.
+
+    Each entry is ``[ONNX Layer: <node name> | <property> | ...]``: the ONNX parser appends the node's doc-string
+    lines on 8.6 (onnx-tensorrt ``processMetadata``, 8.6-GA) and ``Local Function: <f>`` on 10.x; the node name
+    is what precedes the first `` | ``."""
+    return tuple(dict.fromkeys(entry.split(" | ", 1)[0].strip() for entry in _ONNX_LAYER_RE.findall(metadata or "")))
 
 
 # --- version branching decisions ---------------------------------------------------------------
@@ -107,9 +110,9 @@ def decide_build(
     version: TrtVersion, mode: str, *, have_cache: bool, have_qdq: bool, plan_has_fp16: bool = False,
     dla: bool = False,
 ) -> BuildDecision:
-    """What to build, for this TensorRT version. ``mode`` is one of CLI_MODES."""
-    if mode not in CLI_MODES:
-        raise InputError(f"--mode {mode!r} is not one of {list(CLI_MODES)}")
+    """What to build, for this TensorRT version. ``mode`` is one of vocab.CLI_BUILD_MODES."""
+    if mode not in CLI_BUILD_MODES:
+        raise InputError(f"--mode {mode!r} is not one of {list(CLI_BUILD_MODES)}")
     if mode == "auto":
         if have_qdq:
             mode = "explicit"

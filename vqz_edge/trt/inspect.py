@@ -84,6 +84,7 @@ def parse_engine_info(text: str) -> list[EngineLayer]:
     if not isinstance(raw, list):
         raise EngineBuildError("engine inspector JSON has no 'Layers' list")
     layers: list[EngineLayer] = []
+    unreadable: list[str] = []
     for entry in raw:
         if not isinstance(entry, Mapping):
             raise EngineBuildError(
@@ -98,8 +99,18 @@ def parse_engine_info(text: str) -> list[EngineLayer]:
         if layer_type.lower() in _NOT_COMPUTE or name.startswith("Reformatting CopyNode"):
             continue
         nodes = onnx_nodes_from_metadata(str(entry.get("Metadata", ""))) or _nodes_from_name(name)
-        layers.append(EngineLayer(name, layer_type, _first_format(entry.get("Inputs")), nodes,
-                                  _first_format(entry.get("Outputs"))))
+        precision = _first_format(entry.get("Inputs"))
+        if precision is None and entry.get("Inputs"):
+            unreadable.append(name)
+        layers.append(EngineLayer(name, layer_type, precision, nodes, _first_format(entry.get("Outputs"))))
+    if unreadable or not layers:
+        what = (f"gives no data type for {len(unreadable)} layer(s) (first: {unreadable[0]!r}; the 'Format/Datatype' "
+                "field of its inputs is missing or unknown)" if unreadable else "lists no compute layer")
+        raise EngineBuildError(
+            f"the engine inspector's JSON {what}: its schema may differ in this TensorRT version, so the precisions "
+            "the engine runs cannot be checked against the plan; the engine was not written",
+            hint="report the TensorRT version; --mode fp16 builds are checked the same way",
+        )
     return layers
 
 

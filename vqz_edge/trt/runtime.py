@@ -1,65 +1,60 @@
 """The TensorRT + pycuda backend of :class:`vqz_edge.runtime.EngineRunner` (runs on the device).
 
 * Before deserialising: the manifest is verified against this runtime (engine sha256, TensorRT version,
-  compute capability) and the memory budget is checked against the memory free right now; a mismatch or
-  a model that does not fit is refused before any TensorRT object exists.
+  compute capability) and the memory budget is checked against the memory free right now; a mismatch or a
+  model that does not fit is refused before any TensorRT object exists.
+* Deserialising goes through Polygraphy's ``EngineFromBytes``, which registers TensorRT's built-in plugins
+  first (an engine with a plugin layer cannot be deserialised in a fresh process otherwise), with a
+  ``trt.Runtime`` whose ``DLA_core`` is the manifest's: TensorRT's default (-1) runs a DLA engine on core 0.
+* One execution API on every supported TensorRT (8.5 - 11.x): tensors by name (``set_input_shape``,
+  ``set_tensor_address``, ``execute_async_v3``); the binding-index API is deprecated since 8.5 and gone in 10.
 * I/O buffers are allocated once, at the largest profile shape:
   - integrated GPU (Jetson): zero-copy -- page-locked host memory mapped into the GPU's address space
     (``pagelocked_empty(..., mem_flags=host_alloc_flags.DEVICEMAP)`` + ``get_device_pointer()``); TensorRT
     reads the input where numpy wrote it, no copies;
   - discrete GPU: device buffers (``mem_alloc``) with page-locked staging buffers and async copies.
-* Execution is asynchronous on one CUDA stream, synchronised once per ``run``; dynamic shapes within the
-  engine's optimisation profile 0.
-* TensorRT 8.x (bindings API: ``num_bindings``, ``set_binding_shape``, ``execute_async_v2``) and 10.x
-  (tensor-name API: ``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``)
-  differ in one place only: :func:`io_api`.
+* Threads: a runner may be opened in one thread and used or closed from another, one call at a time (a lock
+  serialises them). pycuda contexts are per thread, so every call pushes the device's primary context for its
+  duration and pops it after; every CUDA object the runner owns is created and freed with that context current.
+* Teardown, in dependency order, with the context current: synchronise the stream, free the I/O buffers, drop
+  the execution context, the engine and the runtime, destroy the stream, then release the context (while it is
+  current, so that pycuda really releases it from whichever thread closes the runner).
 
-tensorrt and pycuda are imported lazily (inside functions). pycuda has no type stubs: its objects are ``Any``.
+tensorrt and pycuda are imported lazily. pycuda has no type stubs: its objects are ``Any``.
 """
 
 from __future__ import annotations
 
-import abc
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import threading
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DependencyError, DeviceRuntimeError, InputError
+from ..device import GpuInfo, gpu_from_device, import_pycuda, read_live_memory
+from ..engine_manifest import EngineManifest, verify_manifest
+from ..errors import DeviceRuntimeError, InputError
 from ..log import get_logger
 from ..runtime.base import EngineRunner, IOInfo
-from ..runtime.manifest import EngineManifest, verify_manifest
-from .compat import TrtVersion, import_tensorrt, parse_trt_version
+from .callbacks import collect_errors, polygraphy
+from .compat import import_tensorrt, runtime_version
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 _log = get_logger(__name__)
 
-BudgetCallback = Callable[[int, str], None]
+BudgetCallback = typing.Callable[[int, str], None]  # typing: Python 3.8
 """Called with (free bytes, where the number came from) before deserialising; raises BudgetError to refuse."""
 
 _NUMPY_DTYPES: dict[str, type[np.generic]] = {
     "FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
     "BOOL": np.bool_, "UINT8": np.uint8,
 }
-
-
-TrtRuntimeError = DeviceRuntimeError
-
-
-def import_pycuda() -> Any:
-    """``pycuda.driver`` or DependencyError (pycuda is the ``jetson`` extra)."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise DependencyError(
-            "pycuda is not installed; the TensorRT runtime uses it for CUDA memory and streams",
-            hint="on the Jetson: pip install 'vqz-edge[jetson]' (builds pycuda against JetPack's CUDA)",
-        ) from exc
-    return cuda
 
 
 def dims(d: trt.Dims) -> tuple[int, ...]:
@@ -70,7 +65,7 @@ def dims(d: trt.Dims) -> tuple[int, ...]:
 def numpy_dtype(dtype: trt.DataType) -> np.dtype[Any]:
     name = dtype.name
     if name not in _NUMPY_DTYPES:
-        raise TrtRuntimeError(f"TensorRT I/O dtype {name} has no numpy equivalent in this runtime")
+        raise DeviceRuntimeError(f"TensorRT I/O dtype {name} has no numpy equivalent in this runtime")
     return np.dtype(_NUMPY_DTYPES[name])
 
 
@@ -79,7 +74,6 @@ class Binding:
     """One engine I/O tensor and its buffers (allocated at the max profile shape)."""
 
     name: str
-    index: int
     is_input: bool
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
@@ -93,139 +87,31 @@ class Binding:
         return IOInfo(self.name, self.dtype.name, self.shape, min_shape=lo, max_shape=hi, opt_shape=opt)
 
 
-# ------------------------------------------------------------------------------ TensorRT version branch
+def engine_bindings(engine: trt.ICudaEngine) -> list[Binding]:
+    """The engine's I/O tensors, by name (TensorRT >= 8.5)."""
+    import tensorrt as trt
+
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        shape = dims(engine.get_tensor_shape(name))
+        profile = None
+        if is_input and any(d < 0 for d in shape) and engine.num_optimization_profiles > 0:
+            lo, opt, hi = (dims(d) for d in engine.get_tensor_profile_shape(name, 0))
+            profile = (lo, opt, hi)
+        out.append(Binding(name, is_input, numpy_dtype(engine.get_tensor_dtype(name)), shape, profile))
+    return out
 
 
-class IoApi(abc.ABC):
-    """The calls that differ between TensorRT 8.x and 10.x."""
-
-    @abc.abstractmethod
-    def bindings(self, engine: trt.ICudaEngine) -> list[Binding]: ...
-
-    @abc.abstractmethod
-    def set_input_shape(self, context: trt.IExecutionContext, b: Binding, shape: Sequence[int]) -> bool: ...
-
-    @abc.abstractmethod
-    def shape(self, context: trt.IExecutionContext, b: Binding) -> tuple[int, ...]: ...
-
-    def bind(self, context: trt.IExecutionContext, bindings: Sequence[Binding]) -> None:  # noqa: B027 -- optional hook
-        """Register buffer addresses that stay valid for the runner's lifetime (10.x); no-op for 8.x."""
-
-    @abc.abstractmethod
-    def execute(self, context: trt.IExecutionContext, bindings: Sequence[Binding], stream_handle: int) -> bool: ...
-
-
-class TensorNameApi(IoApi):
-    """TensorRT >= 10: tensors addressed by name, ``execute_async_v3``."""
-
-    def bindings(self, engine: trt.ICudaEngine) -> list[Binding]:
-        import tensorrt as trt
-
-        out = []
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            shape = dims(engine.get_tensor_shape(name))
-            profile = None
-            if is_input and any(d < 0 for d in shape) and engine.num_optimization_profiles > 0:
-                lo, opt, hi = (dims(d) for d in engine.get_tensor_profile_shape(name, 0))
-                profile = (lo, opt, hi)
-            out.append(Binding(name, i, is_input, numpy_dtype(engine.get_tensor_dtype(name)), shape, profile))
-        return out
-
-    def set_input_shape(self, context: trt.IExecutionContext, b: Binding, shape: Sequence[int]) -> bool:
-        return bool(context.set_input_shape(b.name, list(shape)))
-
-    def shape(self, context: trt.IExecutionContext, b: Binding) -> tuple[int, ...]:
-        return dims(context.get_tensor_shape(b.name))
-
-    def bind(self, context: trt.IExecutionContext, bindings: Sequence[Binding]) -> None:
-        for b in bindings:
-            if not context.set_tensor_address(b.name, b.device_ptr):
-                raise TrtRuntimeError(f"TensorRT refused the buffer address for tensor {b.name!r}")
-
-    def execute(self, context: trt.IExecutionContext, bindings: Sequence[Binding], stream_handle: int) -> bool:
-        return bool(context.execute_async_v3(stream_handle))
-
-
-class BindingsApi(IoApi):
-    """TensorRT 8.x: binding indices, ``set_binding_shape``, ``execute_async_v2``.
-
-    The stubs describe TensorRT 10, which removed these calls, so engine/context are handled as ``Any`` here.
-    """
-
-    def bindings(self, engine: trt.ICudaEngine) -> list[Binding]:
-        eng: Any = engine
-        out = []
-        for i in range(int(eng.num_bindings)):
-            is_input = bool(eng.binding_is_input(i))
-            shape = tuple(int(x) for x in eng.get_binding_shape(i))
-            profile = None
-            if is_input and any(d < 0 for d in shape) and int(eng.num_optimization_profiles) > 0:
-                lo, opt, hi = (tuple(int(x) for x in d) for d in eng.get_profile_shape(0, i))
-                profile = (lo, opt, hi)
-            out.append(Binding(str(eng.get_binding_name(i)), i, is_input, numpy_dtype(eng.get_binding_dtype(i)),
-                               shape, profile))
-        return out
-
-    def set_input_shape(self, context: trt.IExecutionContext, b: Binding, shape: Sequence[int]) -> bool:
-        ctx: Any = context
-        return bool(ctx.set_binding_shape(b.index, tuple(shape)))
-
-    def shape(self, context: trt.IExecutionContext, b: Binding) -> tuple[int, ...]:
-        ctx: Any = context
-        return tuple(int(x) for x in ctx.get_binding_shape(b.index))
-
-    def execute(self, context: trt.IExecutionContext, bindings: Sequence[Binding], stream_handle: int) -> bool:
-        ctx: Any = context
-        ptrs = [0] * len(bindings)
-        for b in bindings:
-            ptrs[b.index] = b.device_ptr
-        return bool(ctx.execute_async_v2(bindings=ptrs, stream_handle=stream_handle))
-
-
-def io_api(version: TrtVersion) -> IoApi:
-    """The one place where TensorRT 8.x and 10.x part ways."""
-    return TensorNameApi() if version.major >= 10 else BindingsApi()
-
-
-# ------------------------------------------------------------------------------ device facts
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    name: str
-    compute_capability: str
-    integrated: bool
-    can_map_host_memory: bool
-    total_bytes: int
-
-
-def device_info(cuda: Any, device: Any) -> DeviceInfo:
-    major, minor = device.compute_capability()
-    attr = cuda.device_attribute
-    return DeviceInfo(
-        name=str(device.name()),
-        compute_capability=f"{int(major)}.{int(minor)}",
-        integrated=bool(device.get_attribute(attr.INTEGRATED)),
-        can_map_host_memory=bool(device.get_attribute(attr.CAN_MAP_HOST_MEMORY)),
-        total_bytes=int(device.total_memory()),
-    )
-
-
-def free_memory(cuda: Any, info: DeviceInfo) -> tuple[int, str]:
+def free_memory(cuda: Any, gpu: GpuInfo) -> tuple[int, str]:
     """Bytes the engine can still get: system MemAvailable/jtop on an integrated GPU (cudaMemGetInfo there
     under-reports: it ignores reclaimable page cache), cudaMemGetInfo on a discrete one."""
-    if info.integrated:
-        from ..memory.meminfo import read_live_memory
-
+    if gpu.integrated:
         live = read_live_memory()
         return live.available_bytes, live.source
     free, _total = cuda.mem_get_info()
     return int(free), "cudaMemGetInfo"
-
-
-# ------------------------------------------------------------------------------ the runner
 
 
 class TrtRunner(EngineRunner):
@@ -235,59 +121,91 @@ class TrtRunner(EngineRunner):
         super().__init__(manifest.directory)
         self.manifest = manifest
         trt_mod = import_tensorrt()
+        self.trt_version = runtime_version(trt_mod)
         cuda = import_pycuda()
-        import tensorrt as trt
-
         self._cuda = cuda
-        self.trt_version = parse_trt_version(str(trt_mod.__version__))
-        cuda.init()
-        dev = cuda.Device(device)
-        self.device = device_info(cuda, dev)
-        self._ctx: Any = dev.retain_primary_context()  # TensorRT's runtime API uses the primary context too
-        self._ctx.push()
+        self._lock = threading.RLock()
         self._bindings: list[Binding] = []
         self._engine: trt.ICudaEngine | None = None
         self._context: trt.IExecutionContext | None = None
+        self._runtime: trt.Runtime | None = None
+        self._stream: Any = None
+        self._ctx: Any = None
         try:
-            engine_path = verify_manifest(
-                manifest, trt_version=str(self.trt_version), compute_capability=self.device.compute_capability
-            )
-            if budget is not None:
-                free, source = free_memory(cuda, self.device)
-                budget(free, source)  # raises BudgetError: nothing deserialised yet
-            self._api = io_api(self.trt_version)
-            self._logger = trt.Logger(trt.Logger.WARNING)
-            self._runtime = trt.Runtime(self._logger)
-            engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
-            if engine is None:
-                raise TrtRuntimeError(f"TensorRT could not deserialise {engine_path} (see the TensorRT log above)")
-            self._engine = engine
-            context = engine.create_execution_context()
-            if context is None:
-                raise TrtRuntimeError(f"TensorRT could not create an execution context for {engine_path}")
-            self._context = context
-            self._stream: Any = cuda.Stream()
-            self.zero_copy = self.device.integrated and self.device.can_map_host_memory
-            self._bindings = self._api.bindings(engine)
-            self._allocate(context)
-            self._api.bind(context, self._bindings)
+            cuda.init()
+            dev = cuda.Device(device)
+            self.device = gpu_from_device(cuda, dev)
+            self._ctx = dev.retain_primary_context()  # TensorRT's runtime API uses the primary context too
+        except cuda.Error as exc:
+            raise DeviceRuntimeError(f"CUDA device {device} is not usable: {exc}") from exc
+        self.zero_copy = self.device.integrated and self.device.can_map_host_memory
+        try:
+            with self._current():
+                self._open(trt_mod, cuda, budget)
         except BaseException:
-            self._free()
+            self._teardown()
             raise
-        _log.info("loaded %s on %s (cc %s, %s, TensorRT %s)", engine_path, self.device.name,
-                  self.device.compute_capability, "zero-copy" if self.zero_copy else "device buffers", self.trt_version)
+        _log.info("loaded %s on %s (cc %s, %s, TensorRT %s%s)", manifest.engine_path, self.device.name,
+                  self.device.compute_capability, "zero-copy" if self.zero_copy else "device buffers", self.trt_version,
+                  f", DLA core {manifest.dla_core}" if manifest.dla_core is not None else "")
+
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
+        """The primary context current in the calling thread for the duration (any thread, one at a time)."""
+        with self._lock:
+            if self._ctx is None:
+                raise InputError(f"runner for {self.path} is closed")
+            self._ctx.push()
+            try:
+                yield
+            finally:
+                self._cuda.Context.pop()
+
+    def _open(self, trt_mod: Any, cuda: Any, budget: BudgetCallback | None) -> None:
+        engine_path = verify_manifest(
+            self.manifest, trt_version=str(self.trt_version), compute_capability=self.device.compute_capability
+        )
+        if budget is not None:
+            free, source = free_memory(cuda, self.device)
+            budget(free, source)  # raises BudgetError: nothing deserialised yet
+        pg = polygraphy()
+        from polygraphy.exception import PolygraphyException
+
+        runtime = trt_mod.Runtime(pg.get_trt_logger())
+        if self.manifest.dla_core is not None:
+            runtime.DLA_core = self.manifest.dla_core  # default -1 would run a DLA engine on core 0
+        self._runtime = runtime
+        with collect_errors() as errors:
+            try:
+                engine = pg.EngineFromBytes(engine_path.read_bytes(), runtime=runtime)()  # registers plugins first
+            except PolygraphyException:
+                raise DeviceRuntimeError(
+                    f"TensorRT could not deserialise {engine_path}:\n  " + "\n  ".join(errors[-5:] or ["(no log)"]),
+                    hint="rebuild the engine on this device (vqz-edge build / vqz-edge install --root DIR)",
+                ) from None
+        self._engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise DeviceRuntimeError(f"TensorRT could not create an execution context for {engine_path}")
+        self._context = context
+        self._stream = cuda.Stream()
+        self._bindings = engine_bindings(engine)
+        self._allocate(context)
+        for b in self._bindings:
+            if not context.set_tensor_address(b.name, b.device_ptr):
+                raise DeviceRuntimeError(f"TensorRT refused the buffer address for tensor {b.name!r}")
 
     # -- allocation ---------------------------------------------------------------------------
 
     def _allocate(self, context: trt.IExecutionContext) -> None:
         cuda = self._cuda
         for b in self._bindings:  # outputs are sized with every input at its profile max
-            if b.is_input and b.profile is not None and not self._api.set_input_shape(context, b, b.profile[2]):
-                raise TrtRuntimeError(f"TensorRT rejected the profile max shape {list(b.profile[2])} for {b.name!r}")
+            if b.is_input and b.profile is not None and not context.set_input_shape(b.name, list(b.profile[2])):
+                raise DeviceRuntimeError(f"TensorRT rejected the profile max shape {list(b.profile[2])} for {b.name!r}")
         for b in self._bindings:
-            shape = b.profile[2] if (b.is_input and b.profile is not None) else self._api.shape(context, b)
+            shape = b.profile[2] if (b.is_input and b.profile is not None) else dims(context.get_tensor_shape(b.name))
             if any(d < 0 for d in shape):
-                raise TrtRuntimeError(f"cannot size buffer {b.name!r}: shape {list(shape)} is still dynamic")
+                raise DeviceRuntimeError(f"cannot size buffer {b.name!r}: shape {list(shape)} is still dynamic")
             count = max(1, math.prod(shape))
             if self.zero_copy:
                 host = cuda.pagelocked_empty(count, b.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
@@ -309,6 +227,10 @@ class TrtRunner(EngineRunner):
         return [b.info() for b in self._bindings if not b.is_input]
 
     def _run(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        with self._current():
+            return self._run_current(feeds)
+
+    def _run_current(self, feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         cuda, stream, context = self._cuda, self._stream, self._context
         if context is None:
             raise InputError("runner is closed")
@@ -316,28 +238,31 @@ class TrtRunner(EngineRunner):
             if not b.is_input:
                 continue
             arr = feeds[b.name]
-            if not self._api.set_input_shape(context, b, arr.shape):
+            if not context.set_input_shape(b.name, list(arr.shape)):
                 raise InputError(f"TensorRT rejected shape {list(arr.shape)} for input {b.name!r}")
             view = self._host(b)[: arr.size].reshape(arr.shape)
             np.copyto(view, arr)
             if not self.zero_copy:
                 cuda.memcpy_htod_async(b.device_ptr, view, stream)
-        if not self._api.execute(context, self._bindings, int(stream.handle)):
-            raise TrtRuntimeError(f"TensorRT failed to execute {self.manifest.engine_file}")
-        results: dict[str, np.ndarray[Any, Any]] = {}
+        with collect_errors() as errors:
+            ok = context.execute_async_v3(int(stream.handle))
+        if not ok:
+            raise DeviceRuntimeError(f"TensorRT failed to execute {self.manifest.engine_file}:\n  "
+                                     + "\n  ".join(errors[-5:] or ["(no log)"]))
         pending = []
         for b in self._bindings:
             if b.is_input:
                 continue
-            shape = self._api.shape(context, b)
+            shape = dims(context.get_tensor_shape(b.name))
             view = self._host(b)[: max(1, math.prod(shape))]
             if not self.zero_copy:
                 cuda.memcpy_dtoh_async(view, b.device_ptr, stream)
             pending.append((b.name, view, shape))
-        stream.synchronize()
-        for name, view, shape in pending:
-            results[name] = view.reshape(shape).copy()  # buffers are reused by the next run
-        return results
+        try:
+            stream.synchronize()
+        except cuda.Error as exc:
+            raise DeviceRuntimeError(f"CUDA failed while running {self.manifest.engine_file}: {exc}") from exc
+        return {name: view.reshape(shape).copy() for name, view, shape in pending}  # buffers are reused
 
     @staticmethod
     def _host(b: Binding) -> np.ndarray[Any, Any]:
@@ -345,21 +270,36 @@ class TrtRunner(EngineRunner):
             raise InputError(f"buffer for {b.name!r} is released; the runner is closed")
         return b.host
 
-    def _free(self) -> None:
-        for b in self._bindings:
-            if b.device_alloc is not None:
-                b.device_alloc.free()
-                b.device_alloc = None
-            b.host = None
-        self._context = None
-        self._engine = None
-        if getattr(self, "_ctx", None) is not None:
-            self._ctx.pop()
-            self._ctx.detach()
-            self._ctx = None
+    def _teardown(self) -> None:
+        """Free everything in dependency order with the context current, then release the context while it is
+        current in this thread (pycuda releases a context detached from a thread where it is not current only if
+        that thread created it; from any other thread it would silently leak it)."""
+        with self._lock:
+            if self._ctx is None:
+                return
+            self._ctx.push()
+            try:
+                if self._stream is not None:
+                    with contextlib.suppress(self._cuda.Error):
+                        self._stream.synchronize()  # nothing may still read or write the buffers
+                for b in self._bindings:
+                    if b.device_alloc is not None:
+                        b.device_alloc.free()
+                        b.device_alloc = None
+                    if b.host is not None and b.host.base is not None and hasattr(b.host.base, "free"):
+                        b.host.base.free()
+                    b.host = None
+                self._bindings = []
+                self._context = None
+                self._engine = None
+                self._runtime = None
+                self._stream = None  # pycuda destroys a stream when its last reference goes, with this context current
+            finally:
+                self._ctx.detach()  # current here: released here; pycuda drops it from this thread's stack
+                self._ctx = None
 
     def _release(self) -> None:
-        self._free()
+        self._teardown()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -369,4 +309,6 @@ class TrtRunner(EngineRunner):
             "compute_capability": self.device.compute_capability,
             "integrated": self.device.integrated,
             "zero_copy": self.zero_copy,
+            "dla_core": self.manifest.dla_core,
         }
+

@@ -1,0 +1,1 @@
+# Test double shim (tests/doubles): the pycuda package; its driver is the pycuda double.
