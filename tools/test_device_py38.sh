@@ -33,4 +33,4 @@ echo "device-py38: $("$VENV/bin/python" --version), vqz-edge $("$VENV/bin/python
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_trt_doubles.py tests/test_trt_doubles_cli.py tests/test_build_logic.py tests/test_targets.py \
   tests/test_runtime.py tests/test_memory.py tests/test_install.py tests/test_install_crash.py tests/test_bundle.py \
-  tests/test_install_hostile.py "$@"
+  tests/test_install_hostile.py tests/test_fsutil.py "$@"

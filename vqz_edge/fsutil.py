@@ -3,6 +3,10 @@
 A failed step never leaves a half-written artifact and never replaces a good one; an OSError while writing
 (disk full, read-only filesystem, permission denied) becomes the matching error of vqz_edge/errors.py, with the
 path. Temporary files carry the writer's pid, so the next writer removes those a killed process left behind.
+
+Files get the modes a plain ``open()``/``mkdir()`` would give them (0o666 / 0o777 minus the process umask), so a
+container's user can read what the host wrote and the other way round; pass ``mode`` for secrets (private keys:
+0o600). Staging folders (tempfile.mkdtemp, 0o700) are never renamed into place: only the files inside them are.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -89,12 +94,35 @@ def remove_stale(directory: Path, prefix: str, suffix: str) -> list[Path]:
     return removed
 
 
+FILE_MODE = 0o666  # what open(..., "w") asks for; the kernel takes the umask off
+
+
+def _create_temp(directory: Path, prefix: str, suffix: str, mode: int) -> Path:
+    """Create a new empty file ``directory/<prefix><random><suffix>`` with ``mode`` minus the umask.
+
+    ``tempfile.mkstemp`` would always give 0o600 (and a rename keeps that mode), so the file is created here
+    with O_EXCL (never an existing file, never through a link) and the requested mode.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        candidate = directory / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(candidate, flags, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise InputError(f"could not create a temporary file in {directory}: 100 random names were all taken")
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, mode: int = FILE_MODE) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched; an OSError (disk full,
-    read-only, ...) is raised as the matching VqzError naming ``path``.
+    The temporary file exists (empty) when yielded, created with ``mode`` minus the umask: 0o644 under the usual
+    umask 022, as a plain ``open()`` would give. Pass ``mode=0o600`` for secrets: the file is never readable by
+    others, not even empty. On any exception the temporary file is removed and ``path`` is left untouched; an
+    OSError (disk full, read-only, ...) is raised as the matching VqzError naming ``path``.
     """
     path = Path(path)
     check_output_path(path)
@@ -102,9 +130,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     remove_stale(directory, f".{path.name}.", ".tmp")
     tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = _create_temp(directory, f".{path.name}.{os.getpid()}.", ".tmp", mode)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -125,7 +151,7 @@ def glob_escape(name: str) -> str:
 
 
 def write_set(directory: Path, payloads: Mapping[str, bytes | Callable[[Path], None]], *, last: str,
-              tag: str = "set", drop: Iterable[str] = ()) -> dict[str, Path]:
+              tag: str = "set", drop: Iterable[str] = (), modes: Mapping[str, int] | None = None) -> dict[str, Path]:
     """Write ``payloads`` into ``directory`` as one set: file name -> its bytes, or a function that writes the file
     at the path it is given (for artifacts too large to hold twice). Every file is written and fsynced in
     a private staging folder first, then renamed into place, ``last`` last (the file that vouches for the others,
@@ -135,6 +161,7 @@ def write_set(directory: Path, payloads: Mapping[str, bytes | Callable[[Path], N
     folder; a process killed during the renames leaves a set whose ``last`` file does not vouch for the new files,
     which readers detect. Staging folders of killed writers are removed by the next writer. ``drop``: files of
     the same family that this set does not have (an earlier run's optional output); removed before ``last``.
+    ``modes``: file name -> creation mode for files that must not honour the umask alone (secrets: 0o600).
     """
     directory = Path(directory)
     names = sorted(n for n in payloads if n != last) + [last]
@@ -149,10 +176,10 @@ def write_set(directory: Path, payloads: Mapping[str, bytes | Callable[[Path], N
         for name in names:
             try:
                 payload = payloads[name]
-                if isinstance(payload, bytes):
-                    atomic_write_bytes(stage / name, payload)
-                else:
-                    with atomic_path(stage / name) as tmp:
+                with atomic_path(stage / name, mode=(modes or {}).get(name, FILE_MODE)) as tmp:
+                    if isinstance(payload, bytes):
+                        tmp.write_bytes(payload)
+                    else:
                         payload(tmp)
             except VqzError as exc:  # name the artifact, not its staged copy, when the OSError names no file
                 cause = exc.__cause__

@@ -9,7 +9,6 @@ the spec, the fidelity report and a smoke test (reference inputs + FP32 referenc
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,7 +395,6 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             notes.append("bundle is NOT signed (no --sign-key): devices refuse it unless --allow-unsigned")
         bar.update(1)
         with atomic_path(out) as tmp:
-            os.chmod(tmp, 0o644)
             with open(tmp, "wb") as fh:
                 size = write_tar(fh, entries)
             digest = sha256_file(tmp)

@@ -55,7 +55,7 @@ from ..errors import (
     require_file,
     storage_error,
 )
-from ..fsutil import atomic_path, canonical_json, sha256_bytes, sha256_file
+from ..fsutil import FILE_MODE, atomic_path, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..progress import ProgressFactory, make_bar
 from ..trt.compat import WHERE_TO_RUN, tensorrt_available, tensorrt_version
@@ -91,10 +91,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write, readable by the service that runs the model (mode 0644)."""
+    """Atomic JSON write (mode 0o666 minus the umask, like every output: readable by the service under 022)."""
     with atomic_path(path) as tmp:
         tmp.write_text(canonical_json(obj), encoding="utf-8")
-        os.chmod(tmp, 0o644)
 
 
 def _rmtree(path: Path) -> None:
@@ -189,7 +188,7 @@ class InstallRoot:
     def locked(self) -> Iterator[None]:
         try:
             self.ensure()
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:  # a read-only root, no space for the folders, no permission
             raise storage_error(exc, self.root, "preparing the install root at") from exc
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import FILE_MODE
 from ..log import get_logger
 
 _log = get_logger(__name__)
@@ -115,7 +116,7 @@ class Journal:
     def append(self, op: str, kind: str, stage: str, **fields: Any) -> None:
         rec = {"op": op, "kind": kind, "stage": stage, "time": now_iso(), "pid": os.getpid(), **fields}
         line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             os.write(fd, line)
             os.fsync(fd)

@@ -15,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,17 +65,10 @@ def generate_keypair(prefix: Path, *, force: bool = False) -> KeyPair:
     pub = key.public_key()
     pub_pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    def write_private(tmp: Path) -> None:
-        os.chmod(tmp, 0o600)
-        tmp.write_bytes(priv_pem)
-
-    def write_public(tmp: Path) -> None:
-        tmp.write_bytes(pub_pem)
-        os.chmod(tmp, 0o644)
-
-    # both files or neither: a private key without its public half is a key nobody can verify against
-    write_set(priv_path.parent, {priv_path.name: write_private, pub_path.name: write_public}, last=pub_path.name,
-              tag="keys")
+    # both files or neither: a private key without its public half is a key nobody can verify against.
+    # The private key is created 0o600 (never readable by others, not even empty); the public key honours the umask.
+    write_set(priv_path.parent, {priv_path.name: priv_pem, pub_path.name: pub_pem}, last=pub_path.name,
+              tag="keys", modes={priv_path.name: 0o600})
     return KeyPair(priv_path, pub_path, key_id_of(raw))
 
 

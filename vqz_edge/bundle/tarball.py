@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InputError
+from ..fsutil import FILE_MODE
 from .errors import BundleIntegrityError, UnsafeBundleError
 
 BLOCK = 512
@@ -277,7 +278,7 @@ def write_member(dest: Path, name: str, chunks: Iterable[bytes]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target = _safe_target(dest, name)  # re-check after creating parents
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(target, flags, 0o644)
+    fd = os.open(target, flags, FILE_MODE)  # minus the umask
     with os.fdopen(fd, "wb") as fh:
         for block in chunks:
             fh.write(block)
