@@ -108,7 +108,8 @@ READ_ONLY_COMMANDS = {
     "sensitivity": "fsutil.write_set, covered by calibrate",
     "build": "TensorRT only (skipped without it)",
     "targets": "reads", "check_memory": "reads", "run": "reads", "bench": "reads", "status": "reads",
-    "vlm": "vlm export: atomic writes into a staged folder (its own tests); plan/audit read",
+    "vlm": "vlm export: atomic writes into a staged folder (its own tests); plan/audit/run/compare read",
+    "doctor": "reads (checks the 4-bit kernels in memory, writes nothing)",
     "rollback": "the install root paths, covered by install (and read-only roots below)",
     "fleet": "fleet report -o: one atomic_write_json",
 }
