@@ -42,9 +42,9 @@ def test_crops_deterministic_and_normalised() -> None:
 
 
 def test_preprocessing_validation() -> None:
-    with pytest.raises(ValueError, match="crop"):
-        Preprocessing(resize=100, crop=200)
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(DataError, match="resize"):
+        Preprocessing(size=(200, 200), resize=100)
+    with pytest.raises(DataError, match="layout"):
         Preprocessing(layout="CHW")
     pre = Preprocessing.for_input_shape((1, 3, 96, 96))
     assert pre.crop == 96 and pre.resize == 110
@@ -62,7 +62,7 @@ def test_folder_sources_and_split(tmp_path: Path) -> None:
     assert len(sources[-1].paths) == 2
     calib, evaluation = split_by_source(sources)
     assert calib and evaluation and not {s.name for s in calib} & {s.name for s in evaluation}
-    x = make_crops(calib, 5, Preprocessing(resize=36, crop=32))
+    x = make_crops(calib, 5, Preprocessing(size=(32, 32), resize=36))
     assert x.shape == (5, 3, 32, 32)
 
 

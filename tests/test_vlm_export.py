@@ -35,7 +35,7 @@ def test_llava_vision_export_matches_transformers(tiny_dirs: dict[str, Path], tm
     assert res.min_cosine >= 0.9999 and res.tokens_compared == 3 * 16
     assert {p.name for p in out.iterdir()} == {"vision.onnx", "plan.json", "quantization_config.json", "vlm_export.json"}
     # independent check on other photos: ONNX Runtime vs transformers' get_image_features, batch of 2 (dynamic)
-    pre = Preprocessing(resize=56, crop=56, mean=CLIP_MEAN, std=CLIP_STD)
+    pre = Preprocessing(size=(56, 56), resize=56, mean=CLIP_MEAN, std=CLIP_STD)
     x = demo_crops("calibration", 2, pre).astype(np.float32)
     model = build_tiny_model("llava")
     with torch.no_grad():

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelLoadError, SpecError, require_file
+from .errors import InputError, ModelLoadError, SpecError, require_file
 
 if TYPE_CHECKING:
     from .spec import InputSpec
@@ -47,13 +47,31 @@ def load_model(path: Path | str) -> onnx.ModelProto:
 
 
 def _dims(vi: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+    """Fixed dims as ints; every dynamic one as a string: a named dim ('batch'), an unnamed one ('?'), and the
+    dim_value -1 or 0 that Paddle and some TF converters write for "any size" ('-1', '0')."""
     dims: list[int | str] = []
     for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
+        elif d.HasField("dim_value"):
+            dims.append(str(d.dim_value))
         else:
             dims.append(d.dim_param or "?")
     return tuple(dims)
+
+
+def fill_dynamic(info: TensorInfo, shape: Sequence[int] | None, what: str = "--input-shape") -> TensorInfo:
+    """``info`` with its dynamic dims filled from ``shape`` (fixed dims must agree; InputError naming both)."""
+    if shape is None:
+        return info
+    if len(shape) != len(info.shape):
+        raise InputError(f"{what} {'x'.join(map(str, shape))} has rank {len(shape)} but model input {info.name!r} "
+                         f"has rank {len(info.shape)} (shape {list(info.shape)})")
+    for i, (want, have) in enumerate(zip(shape, info.shape)):
+        if isinstance(have, int) and have != want:
+            raise InputError(f"{what} {'x'.join(map(str, shape))} does not match model input {info.name!r} shape "
+                             f"{list(info.shape)} at dim {i} ({want} != {have})")
+    return TensorInfo(info.name, tuple(int(d) for d in shape), info.dtype)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:

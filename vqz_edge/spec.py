@@ -1,28 +1,27 @@
-"""The build spec: one typed, versioned TOML file that every stage reads.
+"""The build spec: one typed, versioned TOML file that every stage reads. Every table is optional where its
+contents have defaults; docs/spec.md documents every key, its default and an example.
 
     version = 1
-    [model]
+    [model]                          # needed by export --spec, plan, build, bundle; not by calibrate MODEL.onnx
     name = "mobilenet_v2"            # used for output folders: calibration/<name>/, engines/<name>/...
-    source = "mobilenet_v2"          # torchvision name, package.module:factory, or a .onnx file
-    weights = "path/to/weights.pth"  # optional
-    opset = 17
+    source = "mobilenet_v2"          # torchvision name, package.module:factory, or a .onnx file (export --spec)
+    weights = "path/to/weights.pth"  # optional, torch sources only (export --spec)
+    opset = 17                       # torch sources only (export --spec)
 
     [[inputs]]
     name = "input"
     shape = [1, 3, 224, 224]         # opt shape; min_shape / max_shape for TensorRT profiles
-    dtype = "float32"
 
-    [preprocessing]                  # how images become input tensors
-    resize = 256
-    crop = 224
+    [preprocessing]                  # how photos become input tensors (every stage uses it)
+    preset = "imagenet"              # imagenet | clip | siglip | yolo | raw; keys below override the preset
 
     [calibration]
     data = "demo"                    # "demo", a folder of images, or a .npy file
     method = "entropy"
-    num_images = 256
-    batch_size = 8
 
-    [[precision.rules]]              # issue: precision policy
+    [precision]
+    preset = "cnn"
+    [[precision.rules]]
     match = "classifier*"
     precision = "fp32"
 
@@ -30,9 +29,8 @@
     targets = ["orin-nx-16gb"]
 
 Validation raises SpecError naming the key and the allowed values. Unknown keys are errors (a typo in
-a spec must not silently fall back to a default).
+a spec must not silently fall back to a default); every key that is parsed is used by some stage.
 """
-
 from __future__ import annotations
 
 import sys
@@ -41,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .errors import SpecError, require_file
+from .preprocessing import PreprocessingRequest, request_from_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,14 +182,30 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class Spec:
-    model: ModelSpec
-    inputs: tuple[InputSpec, ...]
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    model_table: ModelSpec | None = None  # the [model] table; ``model`` raises SpecError where it is missing
+    inputs: tuple[InputSpec, ...] = ()
+    preprocessing: PreprocessingRequest = field(default_factory=PreprocessingRequest)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     precision: PrecisionSpec = field(default_factory=PrecisionSpec)
     build: BuildSpec = field(default_factory=BuildSpec)
     version: int = SPEC_VERSION
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def model(self) -> ModelSpec:
+        """The [model] table, or SpecError: a stage that needs the model's name or source needs the table."""
+        if self.model_table is None:
+            where = f"{self.path}: " if self.path else ""
+            raise SpecError(f"{where}the spec has no [model] table; this command needs model.name and model.source",
+                            hint="add [model] with name = \"...\" and source = \"...\" (docs/spec.md#model)")
+        return self.model_table
+
+    def require_inputs(self) -> tuple[InputSpec, ...]:
+        if not self.inputs:
+            where = f"{self.path}: " if self.path else ""
+            raise SpecError(f"{where}the spec has no [[inputs]]; this command needs the model's input shapes",
+                            hint="add [[inputs]] with name and shape (docs/spec.md#inputs)")
+        return self.inputs
 
     def resolve_path(self, value: str) -> Path:
         """Paths in a spec are relative to the spec file."""
@@ -203,12 +217,12 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "model": {k: v for k, v in vars(self.model).items() if v is not None},
+            "model": {k: v for k, v in vars(self.model_table).items() if v is not None} if self.model_table else None,
             "inputs": [
                 {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(i).items() if v is not None}
                 for i in self.inputs
             ],
-            "preprocessing": {k: v for k, v in self.preprocessing.to_dict().items() if k != "version"},
+            "preprocessing": self.preprocessing.to_dict(),
             "calibration": dict(vars(self.calibration)),
             "precision": {
                 "default": self.precision.default,
@@ -225,18 +239,21 @@ def parse_spec(doc: Mapping[str, Any], path: Path | None = None) -> Spec:
     if version != SPEC_VERSION:
         raise SpecError(f"'version' = {version} is not supported; this vqz-edge reads spec version {SPEC_VERSION}")
 
-    m = _get(doc, "model", dict, "spec")
-    _check_keys(m, {"name", "source", "weights", "opset"}, "model")
-    model = ModelSpec(
-        name=_get(m, "name", str, "model"),
-        source=_get(m, "source", str, "model"),
-        weights=_get(m, "weights", str, "model", None),
-        opset=_get(m, "opset", int, "model", 17),
-    )
+    model = None
+    if "model" in doc:
+        m = _get(doc, "model", dict, "spec")
+        _check_keys(m, {"name", "source", "weights", "opset"}, "model")
+        model = ModelSpec(
+            name=_get(m, "name", str, "model"),
+            source=_get(m, "source", str, "model"),
+            weights=_get(m, "weights", str, "model", None),
+            opset=_get(m, "opset", int, "model", 17),
+        )
+        if model.source.lower().endswith(".onnx") and ("weights" in m or "opset" in m):
+            raise SpecError(f"'model.weights' / 'model.opset' apply to torch sources; model.source {model.source!r} "
+                            "is an ONNX file (its weights and opset are its own)", hint="remove them")
 
-    raw_inputs = _get(doc, "inputs", list, "spec")
-    if not raw_inputs:
-        raise SpecError("'inputs' must list at least one [[inputs]] table")
+    raw_inputs = _get(doc, "inputs", list, "spec", [])
     inputs = []
     for i, t in enumerate(raw_inputs):
         where = f"inputs[{i}]"
@@ -256,19 +273,7 @@ def parse_spec(doc: Mapping[str, Any], path: Path | None = None) -> Spec:
     if len(set(names)) != len(names):
         raise SpecError(f"input names must be unique, got {names}")
 
-    p = _get(doc, "preprocessing", dict, "spec", {})
-    _check_keys(p, {"resize", "crop", "mean", "std", "layout", "channels"}, "preprocessing")
-    try:
-        pre = Preprocessing(
-            resize=_get(p, "resize", int, "preprocessing", 256),
-            crop=_get(p, "crop", int, "preprocessing", 224),
-            mean=tuple(_get(p, "mean", list, "preprocessing", list(IMAGENET_MEAN))),
-            std=tuple(_get(p, "std", list, "preprocessing", list(IMAGENET_STD))),
-            layout=_get(p, "layout", str, "preprocessing", "NCHW"),
-            channels=_get(p, "channels", int, "preprocessing", 3),
-        )
-    except ValueError as exc:
-        raise SpecError(str(exc)) from exc
+    pre = request_from_table(_get(doc, "preprocessing", dict, "spec", {}))
 
     c = _get(doc, "calibration", dict, "spec", {})
     _check_keys(c, {"data", "method", "num_images", "batch_size", "percentile"}, "calibration")

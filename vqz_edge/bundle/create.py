@@ -304,7 +304,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         # -- smoke test: real inputs, FP32 reference outputs, checked here on the artifact the device serves
         n = options.smoke_samples
         inputs = _reference_inputs(spec, onnx_path, n)
-        batch = max(1, min(n, spec.inputs[0].shape[0]))
+        batch = max(1, min(n, spec.require_inputs()[0].shape[0]))
         if n % batch:
             n -= n % batch
             inputs = {k: v[:n] for k, v in inputs.items()}

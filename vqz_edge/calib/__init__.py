@@ -22,15 +22,16 @@ from .. import __version__
 from ..errors import CalibrationError, InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
-from ..onnx_io import check_spec_inputs, graph_inputs, load_model, require_finite_weights
+from ..onnx_io import check_spec_inputs, fill_dynamic, graph_inputs, load_model, require_finite_weights
 from ..policy.plan import ResolvedPlan
+from ..preprocessing import Preprocessing
 from ..policy.resolve import Resolution, resolve_spec
 from ..progress import ProgressFactory
 from ..spec import CALIBRATION_METHODS, InputSpec, PrecisionRule
 from ..versions import parse_trt_version
 from .cache import CalibrationCache, cache_bytes
 from .collect import calibration_tensors, collect
-from .datasource import DataSource, open_data
+from .datasource import DataSource, Declared, open_data
 from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
 from .memory import MemoryPlan
@@ -83,6 +84,8 @@ class CalibrationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     memory: MemoryPlan | None = None
+    preprocessing: Preprocessing | None = None
+    preprocessing_origin: str = "unknown"
 
     @property
     def plan(self) -> ResolvedPlan:
@@ -104,6 +107,8 @@ class CalibrationResult:
             "warnings": list(self.warnings),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "memory": self.memory.to_dict() if self.memory else None,
+            "preprocessing": ({**self.preprocessing.to_dict(), "origin": self.preprocessing_origin}
+                              if self.preprocessing else None),
         }
 
 
@@ -163,8 +168,14 @@ def calibrate(
     finetune: FinetuneOptions | None = None,
     progress: ProgressFactory | None = None,
     spec_inputs: Sequence[InputSpec] = (),
+    preprocessing: Declared = None,
+    input_shape: Sequence[int] | None = None,
 ) -> CalibrationResult:
     """Calibrate ``model_path`` on ``data`` and write the artifacts to ``outdir``.
+
+    ``preprocessing``: how photos become the input (a request from the spec / command line); required for a folder
+    of photos, the imagenet preset by default for the demo photos; recorded in summary.json and plan.json.
+    ``input_shape``: fills the model input's dynamic dims (else the spec's [[inputs]] shape does).
 
     ``preset`` ('cnn', 'vit', 'vlm-vision' or 'none') and ``rules`` resolve the precision plan that the Q/DQ
     model follows; 'none' with no rules puts every quantizable layer in INT8. ``spec_inputs``: the build spec's
@@ -181,7 +192,10 @@ def calibrate(
     infos = graph_inputs(model)
     if len(infos) != 1:
         raise InputError(f"{model_path}: calibration feeds single-input models; inputs are {[i.name for i in infos]}")
-    source: DataSource = open_data(data, infos[0], count=opts.num_images)
+    shape = input_shape if input_shape is not None else next(
+        (tuple(i.shape) for i in spec_inputs if i.name == infos[0].name), None)
+    model_input = fill_dynamic(infos[0], shape, "--input-shape" if input_shape is not None else "[[inputs]] shape")
+    source: DataSource = open_data(data, model_input, count=opts.num_images, preprocessing=preprocessing)
     model_bytes = model_path.read_bytes()
     onnx_sha = sha256_bytes(model_bytes)
     name = model_name or model_path.parent.name or model_path.stem
@@ -201,7 +215,8 @@ def calibrate(
     if finetune is None:
         qdq_model, qrep = insert_qdq(model, amax, resolution.plan)
     else:
-        tuned, _ = finetune_on_data(model, amax, resolution.plan, data, infos[0], finetune, progress=progress)
+        tuned, _ = finetune_on_data(model, amax, resolution.plan, data, model_input, finetune, progress=progress,
+                                    preprocessing=source.preprocessing or preprocessing)
         qdq_model, qrep = insert_qdq(tuned.model, tuned.amax, resolution.plan, tuned.weight_scales)
     t3 = time.perf_counter()
 
@@ -215,7 +230,7 @@ def calibrate(
         "images": stats.images,
         "batch_size": opts.batch_size,
         "data": {"kind": source.kind, "description": source.description, "sha256": source.identity,
-                 "preprocessing": source.preprocessing.to_dict() if source.preprocessing else None},
+                 "preprocessing": source.preprocessing_record()},
         "model": {"path": model_path.name, "sha256": onnx_sha},
         "qdq": qrep.to_dict(),
         "tensors": {
@@ -236,7 +251,8 @@ def calibrate(
         "cache": cache_bytes(cache),
         "qdq": qdq_model.SerializeToString(),
         "histograms": histograms_npz(stats.histograms),
-        "plan": canonical_json(resolution.plan.to_dict()).encode(),
+        # the plan carries the preprocessing the ranges were measured with: the builder, bundles and reports read it
+        "plan": canonical_json({**resolution.plan.to_dict(), "preprocessing": source.preprocessing_record()}).encode(),
     }
     if tuned is not None:
         payloads["finetuned"] = tuned.model.SerializeToString()
@@ -250,7 +266,8 @@ def calibrate(
         seconds={"statistics": t1 - t0, **{f"statistics.{k}": v for k, v in stats.seconds.items()},
                  "thresholds": t2 - t1, ("finetune+qdq" if tuned is not None else "qdq"): t3 - t2,
                  "total": time.perf_counter() - t0},
-        warnings=warnings, memory=stats.plan,
+        warnings=warnings, memory=stats.plan, preprocessing=source.preprocessing,
+        preprocessing_origin=source.preprocessing_origin,
     )
 
 

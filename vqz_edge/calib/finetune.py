@@ -32,7 +32,7 @@ from ..onnx_io import TensorInfo, graph_inputs
 from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from .collect import model_memory
-from .datasource import DataSource, open_data
+from .datasource import DataSource, Declared, open_data
 from .memory import FINETUNE_FACTOR, FINETUNE_WEIGHT_FACTOR, current_rss, default_budget, fit_batch, fmt_bytes
 from .qdq import per_channel_scale, weight_axis
 
@@ -431,10 +431,12 @@ def finetune_on_data(
     *,
     output: str | None = None,
     progress: ProgressFactory | None = None,
+    preprocessing: Declared = None,
 ) -> tuple[FinetuneResult, DataSource]:
     """:func:`finetune` on ``options.samples`` samples of the calibration split of ``data`` ('demo', a folder of
-    images or FILE.npy); refused before any training when the data holds fewer."""
-    src = open_data(data, model_input, count=options.samples, split="calibration")
+    images or FILE.npy, preprocessed as ``preprocessing`` declares); refused before any training when the data
+    holds fewer."""
+    src = open_data(data, model_input, count=options.samples, split="calibration", preprocessing=preprocessing)
     if src.count < options.samples:
         raise InputError(f"--finetune-samples {options.samples}: the data {src.description} holds fewer",
                          hint="lower --finetune-samples, or give a folder of images (crops are unlimited)")

@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--num-images", type=options.positive_int, help="calibration samples to use (default 256)")
     d.add_argument("--batch-size", type=options.positive_int, help="calibration batch (default 8): its first batch sets every histogram's bin "
                    "width, as in NVIDIA's calibrators; ONNX Runtime runs it whole or in parts, as --max-memory allows")
+    d.add_argument("--input-shape", type=options.shape, metavar="NxCxHxW",
+                   help="fills the model input's dynamic dims (-1, 0, named or unnamed), e.g. 1x3x48x192")
     add_memory_arg(d)
+    options.add_preprocessing_args(p, record_check=False)
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
                    help="threshold per tensor (default entropy); auto = MSE for non-negative tensors, entropy for signed")
@@ -86,18 +89,20 @@ def run(args: argparse.Namespace) -> int:
         finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    name = spec.model.name if spec else None
+    name = spec.model_table.name if spec and spec.model_table else None
+    declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)
     outdir = args.output or default_outdir(args.model, name)
     result = calibrate(
         args.model, data, outdir, opts, rules=spec.precision.rules if spec else (), model_name=name,
         preset=args.preset or (spec.precision.preset if spec else "cnn"),
         default_precision=spec.precision.default if spec else "int8", finetune=finetune,
-        spec_inputs=spec.inputs if spec else (),
+        spec_inputs=spec.inputs if spec else (), preprocessing=declared, input_shape=args.input_shape,
         progress=None if args.quiet or args.json else tqdm_factory,
     )
     if args.json:
         doc = result.to_dict()
         doc["peak_rss_bytes"] = peak_rss()
+        doc["preprocessing_notes"] = notes
         emit_json(doc)
         return 0
     s = result.seconds
@@ -107,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"  Q/DQ: {q.int8_layers} INT8 layers ({q.activations} activation tensors, {q.weights} weights per-channel), "
           f"{q.skipped_layers} kept above INT8 by the plan")
     print(f"  cache header TRT-{result.version_code}-EntropyCalibration2 (TensorRT {result.trt_version})")
+    if result.preprocessing is not None:
+        print(f"  preprocessing {result.preprocessing.describe()} ({result.preprocessing_origin})")
+    else:
+        print(f"  preprocessing: {result.preprocessing_origin}")
+    for note in notes:
+        print(f"  note: {note}")
     if result.memory is not None:
         default = "" if args.max_memory else (f" (default: half of this host's {fmt_bytes(host_memory_bytes())})"
                                               if result.memory.budget == default_budget() else "")

@@ -14,6 +14,19 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any, List, Optional, Tuple
+
+from ..errors import DataError, InputError
+from ..preprocessing import (
+    CHANNEL_ORDERS,
+    INTERPOLATIONS,
+    LAYOUTS,
+    PRESETS,
+    RESIZE_MODES,
+    Preprocessing,
+    PreprocessingRequest,
+    check_against_record,
+)
 
 # Counts never exceed this (a sample count, a batch, iterations): larger is a typo, not a request.
 MAX_COUNT = 1 << 31
@@ -146,8 +159,125 @@ def image_size(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def square_or_size(text: str) -> tuple[int, int]:
+    """'224' (square) or HxW ('48x192'), both positive."""
+    values = dims(text, "image size", "224 or 48x192")
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"image size {text!r} is not of the form HxW (or one number), e.g. 48x192")
+    return values[0], values[1]
+
+
+def pixel_value(text: str) -> int:
+    """A pixel value 0..255 (letterbox padding)."""
+    value = _int(text, "a pixel value 0..255")
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be a pixel value 0..255, got {text!r}")
+    return value
+
+
+def _floats(text: str, what: str, positive: bool) -> tuple[float, ...]:
+    parts = [p for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    if not parts or len(parts) > 4:
+        raise argparse.ArgumentTypeError(f"must be {what}: one number per channel, e.g. 0.5,0.5,0.5, got {text!r}")
+    values = tuple(_float(p, what) for p in parts)
+    if positive and any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be {what} (all above 0), got {text!r}")
+    return values
+
+
+def channel_values(text: str) -> tuple[float, ...]:
+    """Per-channel numbers 'a,b,c' (a mean), each finite."""
+    return _floats(text, "finite numbers", positive=False)
+
+
+def positive_channel_values(text: str) -> tuple[float, ...]:
+    """Per-channel numbers 'a,b,c' (a std), each finite and above 0."""
+    return _floats(text, "positive numbers", positive=True)
+
+
+# -- the preprocessing option group, shared by data, calibrate, evaluate, sensitivity, run, bench -----------------
+
+def add_preprocessing_args(p: argparse.ArgumentParser, *, record_check: bool = True) -> argparse._ArgumentGroup:
+    """How photos become the model's input (docs/spec.md#preprocessing). Overrides the spec's [preprocessing],
+    field by field, and says so. ``record_check``: also --allow-preprocessing-mismatch."""
+    g = p.add_argument_group(
+        "preprocessing",
+        "how photos become the model input; overrides the spec's [preprocessing] field by field (docs/spec.md)")
+    g.add_argument("--preprocess", metavar="PRESET", choices=sorted(PRESETS),
+                   help="named recipe: " + "; ".join(f"{k}: {v.description}" for k, v in sorted(PRESETS.items())))
+    g.add_argument("--size", type=square_or_size, metavar="HxW",
+                   help="image size fed to the model (default: the model input's; required where H/W are dynamic)")
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, help="center-crop, letterbox (aspect kept, padded) or stretch")
+    g.add_argument("--resize", type=positive_int, metavar="N", help="center-crop: short side before the crop")
+    g.add_argument("--pad-value", type=pixel_value, metavar="V", help="letterbox padding value (default 114)")
+    g.add_argument("--scale", choices=("1/255", "none"), help="1/255: pixels / 255 (values in [0, 1]); none: 0..255")
+    g.add_argument("--mean", type=channel_values, metavar="M,M,M", help="per-channel mean, in the model's channel order")
+    g.add_argument("--std", type=positive_channel_values, metavar="S,S,S", help="per-channel std, in the model's channel order")
+    g.add_argument("--channel-order", choices=CHANNEL_ORDERS, help="RGB (default) or BGR (OpenCV-trained models)")
+    g.add_argument("--layout", choices=LAYOUTS, help="NCHW or NHWC (default: from the model input)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default: the preset's)")
+    if record_check:
+        g.add_argument("--allow-preprocessing-mismatch", action="store_true",
+                       help="go on (with a warning) when the preprocessing differs from what calibration recorded")
+    return g
+
+
+def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingRequest:
+    """The command line's declaration (empty when no preprocessing option was given)."""
+    scale = getattr(args, "scale", None)
+    try:
+        return PreprocessingRequest(
+            preset=getattr(args, "preprocess", None), size=getattr(args, "size", None),
+            resize_mode=getattr(args, "resize_mode", None), resize=getattr(args, "resize", None),
+            pad_value=getattr(args, "pad_value", None), scale=None if scale is None else ("1" if scale == "none" else scale),
+            mean=getattr(args, "mean", None), std=getattr(args, "std", None),
+            channel_order=getattr(args, "channel_order", None), layout=getattr(args, "layout", None),
+            interpolation=getattr(args, "interpolation", None), origin="command line",
+        )
+    except DataError as exc:
+        raise InputError(f"preprocessing options: {exc.message}", hint=exc.hint) from exc
+
+
+def declared_preprocessing(
+    args: argparse.Namespace, spec_request: Optional[PreprocessingRequest] = None
+) -> Tuple[Optional[PreprocessingRequest], List[str]]:
+    """The spec's [preprocessing] overridden by the command line; notes say what the command line changed.
+    None when neither declares anything."""
+    cli = preprocessing_from_args(args)
+    if spec_request is None or spec_request.is_empty():
+        return (None if cli.is_empty() else cli), []
+    return spec_request.overridden_by(cli)
+
+
+def inherit_preprocessing(
+    args: argparse.Namespace, declared: Optional[PreprocessingRequest], recorded: Optional[Preprocessing],
+    input_shape: Any, *, recorded_where: str,
+) -> Tuple[Optional[PreprocessingRequest], Optional[Preprocessing], List[str]]:
+    """What a later stage feeds: the recorded recipe when nothing is declared (inherited), else the declared one,
+    checked against the record (DataError with both side by side, or a warning with
+    --allow-preprocessing-mismatch). Returns (request to open data with, the resolved recipe, warnings)."""
+    if recorded is None:
+        return declared, None, []
+    if declared is None or declared.is_empty():
+        return None, recorded, []
+    used = declared.resolve(input_shape)
+    warning = check_against_record(recorded, used, recorded_where=recorded_where, used_where="declared",
+                                   allow=bool(getattr(args, "allow_preprocessing_mismatch", False)))
+    return declared, used, [warning] if warning else []
+
+
 __all__ = [
     "MAX_COUNT",
+    "add_preprocessing_args",
+    "channel_values",
+    "declared_preprocessing",
+    "inherit_preprocessing",
+    "pixel_value",
+    "positive_channel_values",
+    "preprocessing_from_args",
+    "square_or_size",
     "dims",
     "finite_float",
     "float_range",

@@ -16,68 +16,11 @@ import numpy as np
 
 from ..errors import DataError, DependencyError, require_dir, require_file
 from ..log import get_logger
+from ..preprocessing import Preprocessing, PreprocessingRequest
 
 _log = get_logger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Declared preprocessing: resize the short side, center crop, scale to [0,1], normalise.
-
-    The same declaration is recorded in the build spec and in calibration summaries so that the
-    device sees exactly what the calibrator saw.
-    """
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    layout: str = "NCHW"
-    channels: int = 3
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        if self.crop <= 0 or self.resize <= 0:
-            raise ValueError(f"preprocessing resize/crop must be positive, got resize={self.resize} crop={self.crop}")
-        if self.crop > self.resize:
-            raise ValueError(f"preprocessing crop ({self.crop}) must not exceed resize ({self.resize})")
-        if self.layout not in ("NCHW", "NHWC"):
-            raise ValueError(f"preprocessing layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"preprocessing channels must be 1 or 3, got {self.channels}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"preprocessing mean/std need {self.channels} values each, got {self.mean} / {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"preprocessing std values must be positive, got {self.std}")
-
-    @classmethod
-    def for_input_shape(cls, shape: Sequence[int], layout: str = "NCHW") -> Preprocessing:
-        """ImageNet-style preprocessing that produces ``shape`` (N,C,H,W or N,H,W,C, square H=W)."""
-        if len(shape) != 4:
-            raise DataError(f"image preprocessing needs a 4-D input shape, got {list(shape)}")
-        c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-        if h != w:
-            raise DataError(f"image preprocessing supports square inputs only, got H={h} W={w}")
-        if c not in (1, 3):
-            raise DataError(f"input has {c} channels; image data can feed 1 (grayscale) or 3 (RGB) channels")
-        mean = IMAGENET_MEAN if c == 3 else (0.449,)
-        std = IMAGENET_STD if c == 3 else (0.226,)
-        return cls(resize=max(h, round(h * 256 / 224)), crop=h, mean=mean, std=std, layout=layout, channels=c)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "resize": self.resize,
-            "crop": self.crop,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "layout": self.layout,
-            "channels": self.channels,
-            "version": self.version,
-        }
 
 
 @dataclass(frozen=True)
@@ -106,28 +49,60 @@ def load_image(path: Path, channels: int = 3) -> np.ndarray:
     return arr
 
 
-def _resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+_RESAMPLING = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
+
+
+def _resize(img: np.ndarray, size_hw: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
     from PIL import Image
 
     h, w = size_hw
+    method = getattr(Image.Resampling, _RESAMPLING[interpolation])
     if img.shape[2] == 1:
-        out = np.asarray(Image.fromarray(img[:, :, 0]).resize((w, h), Image.Resampling.BILINEAR))[:, :, None]
+        out = np.asarray(Image.fromarray(img[:, :, 0]).resize((w, h), method))[:, :, None]
     else:
-        out = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+        out = np.asarray(Image.fromarray(img).resize((w, h), method))
     return out
 
 
+def letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left) of a photo h x w letterboxed into ``size``: scaled to fit with its aspect kept,
+    centred (the odd pixel of padding goes bottom/right, as in Ultralytics' LetterBox)."""
+    H, W = size
+    r = min(H / h, W / w)
+    nh, nw = min(H, max(1, round(h * r))), min(W, max(1, round(w * r)))
+    top, left = int(round((H - nh) / 2 - 0.1)), int(round((W - nw) / 2 - 0.1))
+    return nh, nw, top, left
+
+
+def _geometry(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    H, W = pre.size
+    h, w = img.shape[:2]
+    if pre.resize_mode == "stretch":
+        return _resize(img, (H, W), pre.interpolation) if (h, w) != (H, W) else img
+    if pre.resize_mode == "letterbox":
+        nh, nw, top, left = letterbox_geometry(h, w, pre.size)
+        inner = _resize(img, (nh, nw), pre.interpolation) if (nh, nw) != (h, w) else img
+        canvas = np.full((H, W, img.shape[2]), pre.pad_value, np.uint8)
+        canvas[top : top + nh, left : left + nw] = inner
+        return canvas
+    # center-crop: scale so the photo covers the crop grown by resize / short side, then cut the centre
+    scale = pre.resize / min(h, w) if H == W else max(pre.resize * H / min(H, W) / h, pre.resize * W / min(H, W) / w)
+    nh, nw = max(H, round(h * scale)), max(W, round(w * scale))
+    img = _resize(img, (nh, nw), pre.interpolation)
+    top, left = (nh - H) // 2, (nw - W) // 2
+    return img[top : top + H, left : left + W]
+
+
 def preprocess(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """uint8 HxWxC -> float32 CxHxW (or HxWxC): resize short side, center crop, normalise."""
+    """uint8 HxWxC (RGB) -> float32 CxHxW (or HxWxC): geometry, channel order, scale, (x - mean) / std."""
     if img.ndim != 3 or img.shape[2] != pre.channels:
         raise DataError(f"image has shape {img.shape}; preprocessing expects HxWx{pre.channels}")
-    h, w = img.shape[:2]
-    scale = pre.resize / min(h, w)
-    nh, nw = max(pre.crop, round(h * scale)), max(pre.crop, round(w * scale))
-    img = _resize(img, (nh, nw))
-    top, left = (nh - pre.crop) // 2, (nw - pre.crop) // 2
-    img = img[top : top + pre.crop, left : left + pre.crop]
-    x: np.ndarray = img.astype(np.float32) / np.float32(255.0)
+    img = _geometry(img, pre)
+    if pre.channel_order == "BGR" and pre.channels == 3:
+        img = img[:, :, ::-1]
+    x: np.ndarray = img.astype(np.float32)
+    if pre.scale == "1/255":
+        x = x / np.float32(255.0)
     x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     if pre.layout == "NCHW":
         x = x.transpose(2, 0, 1)
@@ -224,6 +199,8 @@ DEMO_CALIBRATION_SOURCES = (
     "astronaut", "brick", "cell", "clock_motion", "coins", "gravel", "hubble_deep_field", "moon", "page", "rocket",
 )
 DEMO_EVALUATION_SOURCES = tuple(sorted(set(DEMO_SOURCES) - set(DEMO_CALIBRATION_SOURCES)))
+# The demo classifier (ImageNet MobileNetV2) is fed the imagenet preset at 224x224, declared here once.
+DEMO_PREPROCESSING = PreprocessingRequest(preset="imagenet", origin="the demo").resolve((1, 3, 224, 224))
 
 
 def _skimage_data_dir() -> Path:
@@ -258,8 +235,9 @@ def demo_sources(split: str) -> list[ImageSource]:
 
 
 def demo_crops(split: str, count: int, pre: Preprocessing | None = None, *, seed: int = 0) -> np.ndarray:
-    """``count`` preprocessed crops of the demo photos of one split (224x224 ImageNet by default)."""
-    return make_crops(demo_sources(split), count, pre or Preprocessing(), seed=seed)
+    """``count`` preprocessed crops of the demo photos of one split (the ``imagenet`` preset at 224x224 unless
+    ``pre`` says otherwise: the demo classifier's own preprocessing)."""
+    return make_crops(demo_sources(split), count, pre or DEMO_PREPROCESSING, seed=seed)
 
 
 def folder_sources(folder: Path) -> list[ImageSource]:

@@ -85,11 +85,13 @@ def concrete_shape(info: TensorInfo, override: Sequence[int] | None, batch: int)
 
 
 def is_image_input(shape: Sequence[int], dtype: str) -> bool:
-    return dtype.startswith("float") and len(shape) == 4 and shape[1] in (1, 3) and shape[2] == shape[3] and shape[2] >= 16
+    return dtype.startswith("float") and len(shape) == 4 and shape[1] in (1, 3) and min(shape[2], shape[3]) >= 16
 
 
 def real_inputs(infos: Sequence[TensorInfo], shapes: Sequence[tuple[int, ...]], count: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Feeds for verification: demo photo crops (evaluation split) for image inputs, else loudly random.
+    """Feeds for verification: demo photo crops (evaluation split, the imagenet preset: verification compares the
+    source with the export on the same realistic inputs, whatever the model's own preprocessing) for image inputs,
+    else loudly random.
 
     Returns (feeds with leading dim ``count``, notes describing where each input came from).
     """

@@ -215,7 +215,7 @@ def _grid_hw(cfg: VlmConfig) -> tuple[int, int]:
 def _inputs(cfg: VlmConfig, samples: int) -> tuple[list[dict[str, np.ndarray]], list[str], list[str], str]:
     """Feeds (one dict per sample), input names, output names, and where the pixels came from."""
     v = cfg.vision
-    pre = Preprocessing(resize=v.image_size, crop=v.image_size, mean=CLIP_MEAN, std=CLIP_STD)
+    pre = Preprocessing(size=(v.image_size, v.image_size), resize=v.image_size, mean=CLIP_MEAN, std=CLIP_STD)
     if cfg.family == "llava":
         crops = demo_crops("evaluation", samples, pre).astype(np.float32)
         note = f"{samples} real photo crops (scikit-image, evaluation split) at {v.image_size}px, CLIP normalisation"
