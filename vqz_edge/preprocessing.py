@@ -19,9 +19,11 @@ Pure Python (no numpy), importable on the device: Python 3.8 compatible.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from .errors import DataError, SpecError
 
@@ -44,8 +46,8 @@ class Preset:
 
     name: str
     resize_mode: str
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     scale: str = "1/255"
     crop_fraction: float = 0.875
     pad_value: int = 114
@@ -54,7 +56,7 @@ class Preset:
     description: str = ""
 
 
-PRESETS: Dict[str, Preset] = {
+PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("imagenet", "center-crop", IMAGENET_MEAN, IMAGENET_STD,
@@ -88,18 +90,18 @@ class Preprocessing:
     std`` with mean/std listed in the *model's* channel order, and the layout.
     """
 
-    size: Tuple[int, int] = (224, 224)  # (H, W)
+    size: tuple[int, int] = (224, 224)  # (H, W)
     resize_mode: str = "center-crop"
     resize: int = 256  # center-crop: short side of the resized photo (for a square size)
     pad_value: int = 114  # letterbox
     scale: str = "1/255"
-    mean: Tuple[float, ...] = IMAGENET_MEAN
-    std: Tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     channel_order: str = "RGB"
     layout: str = "NCHW"
     channels: int = 3
     interpolation: str = "bilinear"
-    preset: Optional[str] = field(default=None, compare=False)  # where it started from; informative only
+    preset: str | None = field(default=None, compare=False)  # where it started from; informative only
     version: int = PREPROCESSING_VERSION
 
     def __post_init__(self) -> None:
@@ -145,7 +147,7 @@ class Preprocessing:
         return (f"{name}{geo[self.resize_mode]}, {self.interpolation}, {self.channel_order}, scale {self.scale}, "
                 f"mean {_fmt(self.mean)}, std {_fmt(self.std)}, {self.layout}")
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "size": list(self.size),
             "resize_mode": self.resize_mode,
@@ -183,7 +185,7 @@ class Preprocessing:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise DataError(f"recorded preprocessing {dict(doc)!r} is not readable: {exc}") from exc
 
-    def differences(self, other: Preprocessing) -> List[Tuple[str, Any, Any]]:
+    def differences(self, other: Preprocessing) -> list[tuple[str, Any, Any]]:
         """(field, self's, other's) for every field that changes the tensor (not the preset's name)."""
         out = []
         for f in fields(self):
@@ -211,17 +213,17 @@ REQUEST_FIELDS = ("preset", "size", "resize_mode", "resize", "pad_value", "scale
 class PreprocessingRequest:
     """What was declared (any field may be None = not declared). ``origin`` names where it came from."""
 
-    preset: Optional[str] = None
-    size: Optional[Tuple[int, int]] = None
-    resize_mode: Optional[str] = None
-    resize: Optional[int] = None
-    pad_value: Optional[int] = None
-    scale: Optional[str] = None
-    mean: Optional[Tuple[float, ...]] = None
-    std: Optional[Tuple[float, ...]] = None
-    channel_order: Optional[str] = None
-    layout: Optional[str] = None
-    interpolation: Optional[str] = None
+    preset: str | None = None
+    size: tuple[int, int] | None = None
+    resize_mode: str | None = None
+    resize: int | None = None
+    pad_value: int | None = None
+    scale: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_order: str | None = None
+    layout: str | None = None
+    interpolation: str | None = None
     origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -241,16 +243,16 @@ class PreprocessingRequest:
         if (self.mean is None) != (self.std is None) and self.preset is None:
             raise DataError("preprocessing without a preset needs both mean and std")
 
-    def declared(self) -> Dict[str, Any]:
+    def declared(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in REQUEST_FIELDS if getattr(self, k) is not None}
 
     def is_empty(self) -> bool:
         return not self.declared()
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.declared().items()}
 
-    def overridden_by(self, other: PreprocessingRequest) -> Tuple[PreprocessingRequest, List[str]]:
+    def overridden_by(self, other: PreprocessingRequest) -> tuple[PreprocessingRequest, list[str]]:
         """``other``'s declared fields win (a preset in ``other`` resets the fields ``other`` leaves out to that
         preset's); returns the merge and one note per value that changed."""
         mine, theirs = self.declared(), other.declared()
@@ -274,7 +276,7 @@ class PreprocessingRequest:
         origin = f"{self.origin} + {other.origin}" if self.origin and other.origin else (self.origin or other.origin)
         return PreprocessingRequest(origin=origin, **merged), notes
 
-    def resolve(self, input_shape: Optional[Sequence[Any]] = None, *, channels: Optional[int] = None) -> Preprocessing:
+    def resolve(self, input_shape: Sequence[Any] | None = None, *, channels: int | None = None) -> Preprocessing:
         """The concrete recipe for a model input of ``input_shape`` (N,C,H,W / N,H,W,C; dynamic dims as strings or
         non-positive ints). The declared size must agree with the model's fixed H/W; dynamic H/W need a size."""
         if self.preset is None and self.mean is None:
@@ -285,7 +287,7 @@ class PreprocessingRequest:
             )
         base = PRESETS[self.preset] if self.preset else None
         layout = self.layout or _infer_layout(input_shape)
-        model_hw: Tuple[Optional[int], Optional[int]] = (None, None)
+        model_hw: tuple[int | None, int | None] = (None, None)
         c = channels
         if input_shape is not None:
             if len(input_shape) != 4:
@@ -325,7 +327,7 @@ class PreprocessingRequest:
         return any(k in ("resize_mode", "resize", "pad_value", "scale", "mean", "std", "channel_order",
                          "interpolation") for k in self.declared())
 
-    def _size(self, model_hw: Tuple[Optional[int], Optional[int]], shape: Optional[Sequence[Any]]) -> Tuple[int, int]:
+    def _size(self, model_hw: tuple[int | None, int | None], shape: Sequence[Any] | None) -> tuple[int, int]:
         mh, mw = model_hw
         if self.size is not None:
             h, w = self.size
@@ -343,11 +345,11 @@ class PreprocessingRequest:
         return mh, mw
 
 
-def _fixed(d: Any) -> Optional[int]:
+def _fixed(d: Any) -> int | None:
     return int(d) if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None
 
 
-def _infer_layout(shape: Optional[Sequence[Any]]) -> str:
+def _infer_layout(shape: Sequence[Any] | None) -> str:
     if shape is not None and len(shape) == 4 and _fixed(shape[1]) not in (1, 3) and _fixed(shape[3]) in (1, 3):
         return "NHWC"
     return "NCHW"
@@ -402,7 +404,7 @@ def request_from_table(table: Mapping[str, Any], where: str = "preprocessing") -
             raise SpecError(f"'{where}.{key}' has the wrong type: {value!r}")
         return value
 
-    def floats(key: str) -> Optional[Tuple[float, ...]]:
+    def floats(key: str) -> tuple[float, ...] | None:
         value = get(key, list)
         if value is None:
             return None
@@ -411,7 +413,7 @@ def request_from_table(table: Mapping[str, Any], where: str = "preprocessing") -
         return tuple(float(v) for v in value)
 
     size_v = get("size", (int, list))
-    size: Optional[Tuple[int, int]] = None
+    size: tuple[int, int] | None = None
     if isinstance(size_v, int):
         size = (size_v, size_v)
     elif size_v is not None:
@@ -435,7 +437,7 @@ def request_from_table(table: Mapping[str, Any], where: str = "preprocessing") -
         raise SpecError(f"[{where}]: {exc.message}", hint=exc.hint) from exc
 
 
-def _upper(v: Optional[str]) -> Optional[str]:
+def _upper(v: str | None) -> str | None:
     return None if v is None else v.upper()
 
 
@@ -461,7 +463,7 @@ def _cell(v: Any) -> str:
 
 
 def check_against_record(recorded: Preprocessing, used: Preprocessing, *, recorded_where: str, used_where: str,
-                         allow: bool = False) -> Optional[str]:
+                         allow: bool = False) -> str | None:
     """Stop (DataError, both recipes side by side, the differing fields starred) when ``used`` differs from what
     calibration ``recorded``; with ``allow`` return the same text as a warning instead. None when they agree."""
     if not recorded.differences(used):
@@ -474,8 +476,26 @@ def check_against_record(recorded: Preprocessing, used: Preprocessing, *, record
                     "with the new one, or pass --allow-preprocessing-mismatch to go on with a warning")
 
 
-def with_size(pre: Preprocessing, size: Tuple[int, int]) -> Preprocessing:
-    return replace(pre, size=size)
+
+
+def recorded_beside(model: Path) -> tuple[Preprocessing, str] | None:
+    """The recipe recorded next to a model a device serves: ``plan.json`` (calibration, bundles, install roots) or
+    ``summary.json`` (a calibration directory) in the model's folder (or the engine directory itself)."""
+    folder = model if model.is_dir() else model.parent
+    for name in ("plan.json", "summary.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"{path} is not readable JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            continue
+        rec = doc.get("preprocessing") if name == "plan.json" else (doc.get("data") or {}).get("preprocessing")
+        if isinstance(rec, dict):
+            return Preprocessing.from_dict(rec), str(path)
+    return None
 
 
 __all__ = [
@@ -488,6 +508,7 @@ __all__ = [
     "PreprocessingRequest",
     "check_against_record",
     "parse_scale",
+    "recorded_beside",
     "request_from_table",
     "side_by_side",
 ]

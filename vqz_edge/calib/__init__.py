@@ -24,8 +24,8 @@ from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
 from ..onnx_io import check_spec_inputs, fill_dynamic, graph_inputs, load_model, require_finite_weights
 from ..policy.plan import ResolvedPlan
-from ..preprocessing import Preprocessing
 from ..policy.resolve import Resolution, resolve_spec
+from ..preprocessing import Preprocessing
 from ..progress import ProgressFactory
 from ..spec import CALIBRATION_METHODS, InputSpec, PrecisionRule
 from ..versions import parse_trt_version
@@ -233,6 +233,8 @@ def calibrate(
                  "preprocessing": source.preprocessing_record()},
         "model": {"path": model_path.name, "sha256": onnx_sha},
         "qdq": qrep.to_dict(),
+        # later stages (sensitivity) inherit the policy the Q/DQ model was written with
+        "precision": {"preset": preset, "default": default_precision},
         "tensors": {
             n: {"amax": amax[n], "min": h.min_value, "max": h.max_value, "histogram_range": h.range}
             for n, h in sorted(stats.histograms.items())

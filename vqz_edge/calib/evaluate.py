@@ -309,8 +309,8 @@ def retrieval_evaluate(
     )
 
 
-def image_retrieval_data(spec: str | Path, model_input: Any, per_source: int = 10,
-                         batch: int = 32) -> tuple[list[dict[str, np.ndarray]], list[str], str]:
+def image_retrieval_data(spec: str | Path, model_input: Any, per_source: int = 10, batch: int = 32,
+                         preprocessing: Any = None) -> tuple[list[dict[str, np.ndarray]], list[str], str]:
     """Crops of held-out photos labelled by source photo: ``per_source`` crops of every image file (the first
     is the whole photo, the others random regions and flips). 'demo' = the demo's evaluation split."""
     from ..data.images import demo_sources, folder_sources
@@ -320,7 +320,7 @@ def image_retrieval_data(spec: str | Path, model_input: Any, per_source: int = 1
     sources = demo_sources("evaluation") if text == "demo" else folder_sources(Path(text))
     files = [s.name for s in sources for _ in s.paths]
     count = len(files) * per_source
-    src = open_data(spec, model_input, count=count, split="evaluation")
+    src = open_data(spec, model_input, count=count, split="evaluation", preprocessing=preprocessing)
     feeds = [{model_input.name: x} for x in src.batches(batch)]
     labels = [files[i % len(files)] for i in range(count)]
     desc = (f"{per_source} crops of each of {len(files)} held-out photos ({len(sources)} source scenes, "

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Preprocessing, demo_sources, folder_sources, make_crops, split_by_source
+from ..calib.datasource import resolve_image_preprocessing
+from ..data import demo_sources, folder_sources, make_crops, split_by_source
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_path, write_set
+from ..onnx_io import TensorInfo
 from . import options
 
 
@@ -26,20 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--split", choices=["calibration", "evaluation"], required=True)
     p.add_argument("--count", type=options.positive_int, required=True, help="number of crops")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .npy (a .json sidecar names the sources)")
-    g = p.add_argument_group("preprocessing")
-    g.add_argument("--size", type=options.positive_int, default=224, help="crop size (default 224)")
-    g.add_argument("--resize", type=options.positive_int, default=None, help="short side before the crop (default size*256/224)")
-    g.add_argument("--seed", type=options.nonnegative_int, default=0)
+    p.add_argument("--spec", type=Path, help="build spec: its [preprocessing] (and [[inputs]] for the size)")
+    p.add_argument("--seed", type=options.nonnegative_int, default=0, help="seed of the random crops (default 0)")
+    options.add_preprocessing_args(p, record_check=False)
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..spec import load_spec
     from . import emit_json
 
     check_output_path(args.output)
-    resize = args.resize or round(args.size * 256 / 224)
-    pre = Preprocessing(resize=resize, crop=args.size)
+    spec = load_spec(args.spec) if args.spec else None
+    declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)
+    # the size comes from the declaration, else the spec's first input, else 224x224
+    shape: tuple[int | str, ...] = tuple(spec.inputs[0].shape) if spec and spec.inputs else ("N", 3, "H", "W")
+    if (declared is None or declared.size is None) and not (spec and spec.inputs):
+        shape = ("N", 3, 224, 224) if declared is None or declared.layout != "NHWC" else ("N", 224, 224, 3)
+    pre, origin = resolve_image_preprocessing(TensorInfo("input", shape, "float32"), declared,
+                                              demo=args.images == "demo")
     if args.images == "demo":
         sources = demo_sources(args.split)
     else:
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "shape": list(arr.shape),
         "split": args.split,
         "sources": [s.name for s in sources],
-        "preprocessing": pre.to_dict(),
+        "preprocessing": {**pre.to_dict(), "origin": origin},
         "seed": args.seed,
     }
     sidecar = args.output.with_suffix(".json")
@@ -66,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
     write_set(args.output.parent, {args.output.name: save, sidecar.name: canonical_json(info).encode()},
               last=sidecar.name, tag="data")
     if args.json:
-        emit_json(info)
+        emit_json({**info, "preprocessing_notes": notes})
     else:
         print(f"wrote {args.output}: {arr.shape[0]} crops {list(arr.shape[1:])} from {len(sources)} source photos "
               f"({args.split}): {', '.join(info['sources'])}")
+        print(f"  preprocessing {pre.describe()} ({origin}); recorded in {sidecar}")
+        for note in notes:
+            print(f"  note: {note}")
     return 0

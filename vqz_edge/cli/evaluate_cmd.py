@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "encoder: 'sentences' (built-in paraphrase pairs) or a file of tab-separated pairs")
     d.add_argument("--num-images", type=options.positive_int, default=1000, help="samples (default 1000)")
     d.add_argument("--batch-size", type=options.positive_int, default=50)
+    d.add_argument("--spec", type=Path, help="build spec: its [preprocessing]")
+    options.add_preprocessing_args(p)
     r = p.add_argument_group("retrieval")
     r.add_argument("--crops-per-source", type=options.int_at_least(2), default=10,
                    help="image retrieval: crops per held-out photo, labelled by photo (default 10)")
@@ -40,11 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calib.datasource import open_data
+    from ..calib.datasource import open_data, read_recorded_preprocessing
     from ..calib.evaluate import evaluate
     from ..fsutil import atomic_write_json, check_output_path
     from ..onnx_io import graph_inputs, load_model
     from ..progress import tqdm_factory
+    from ..spec import load_spec
     from . import emit_json
 
     if args.output:
@@ -53,12 +56,31 @@ def run(args: argparse.Namespace) -> int:
     cand = load_model(args.candidate)
     if args.task == "retrieval":
         return _retrieval(args, ref, cand)
-    src = open_data(args.data, graph_inputs(ref)[0], count=args.num_images, split="evaluation")
+    info = graph_inputs(ref)[0]
+    spec = load_spec(args.spec) if args.spec else None
+    declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)
+    # the candidate's calibration (model.qdq.onnx beside its summary.json) recorded how its ranges were measured
+    recorded, where = read_recorded_preprocessing(args.candidate.parent)
+    warnings: list[str] = []
+    if str(args.data).lower().endswith(".npy"):
+        src = open_data(args.data, info, count=args.num_images, split="evaluation", preprocessing=declared)
+    else:
+        declared, used, warnings = options.inherit_preprocessing(args, declared, recorded, info.shape,
+                                                                 recorded_where=where)
+        src = open_data(args.data, info, count=args.num_images, split="evaluation",
+                        preprocessing=declared if declared is not None else used,
+                        preprocessing_origin=None if declared is not None or used is None else f"recorded in {where}")
+    if recorded is not None and src.preprocessing is not None and str(args.data).lower().endswith(".npy"):
+        warning = options.check_against_record(recorded, src.preprocessing, recorded_where=where,
+                                               used_where="data", allow=args.allow_preprocessing_mismatch)
+        warnings += [warning] if warning else []
     report = evaluate(
         ref, cand, src.batches(args.batch_size), total_batches=math.ceil(src.count / args.batch_size),
         data_description=src.description, progress=None if args.quiet or args.json else tqdm_factory,
     )
-    doc = report.to_dict() | {"reference": str(args.reference), "candidate": str(args.candidate)}
+    doc = report.to_dict() | {"reference": str(args.reference), "candidate": str(args.candidate),
+                              "preprocessing": src.preprocessing_record(), "preprocessing_notes": notes,
+                              "warnings": warnings}
     if args.output:
         atomic_write_json(args.output, doc)
     if args.json:
@@ -66,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.candidate} vs {args.reference} on {src.description}:")
     print(format_fidelity(doc["outputs"]))
+    print(f"  preprocessing: {src.preprocessing.describe() if src.preprocessing else 'unknown'} "
+          f"({src.preprocessing_origin})")
+    for line in notes:
+        print(f"  note: {line}")
+    for line in warnings:
+        print(f"  WARNING: {line}")
     return 0
 
 
@@ -87,13 +115,17 @@ def _retrieval(args: argparse.Namespace, ref: object, cand: object) -> int:
     from ..errors import InputError
     from ..fsutil import atomic_write_json
     from ..onnx_io import graph_inputs
+    from ..spec import load_spec
     from . import emit_json
 
     infos = graph_inputs(ref)  # type: ignore[arg-type]
     if args.crops_per_source < 2:
         raise InputError("--crops-per-source must be at least 2 (a query needs a positive)")
     if len(infos) == 1 and len(infos[0].shape) == 4 and infos[0].dtype.startswith("float"):
-        feeds, labels, desc = image_retrieval_data(args.data, infos[0], args.crops_per_source, args.batch_size)
+        spec = load_spec(args.spec) if args.spec else None
+        declared, _ = options.declared_preprocessing(args, spec.preprocessing if spec else None)
+        feeds, labels, desc = image_retrieval_data(args.data, infos[0], args.crops_per_source, args.batch_size,
+                                                   preprocessing=declared)
     elif all(i.dtype.startswith("int") for i in infos) and all(len(i.shape) == 2 for i in infos):
         length = infos[0].shape[1]
         if not isinstance(length, int):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 from ..errors import DataError, InputError
 from ..preprocessing import (
@@ -241,8 +241,8 @@ def preprocessing_from_args(args: argparse.Namespace) -> PreprocessingRequest:
 
 
 def declared_preprocessing(
-    args: argparse.Namespace, spec_request: Optional[PreprocessingRequest] = None
-) -> Tuple[Optional[PreprocessingRequest], List[str]]:
+    args: argparse.Namespace, spec_request: PreprocessingRequest | None = None
+) -> tuple[PreprocessingRequest | None, list[str]]:
     """The spec's [preprocessing] overridden by the command line; notes say what the command line changed.
     None when neither declares anything."""
     cli = preprocessing_from_args(args)
@@ -252,9 +252,9 @@ def declared_preprocessing(
 
 
 def inherit_preprocessing(
-    args: argparse.Namespace, declared: Optional[PreprocessingRequest], recorded: Optional[Preprocessing],
+    args: argparse.Namespace, declared: PreprocessingRequest | None, recorded: Preprocessing | None,
     input_shape: Any, *, recorded_where: str,
-) -> Tuple[Optional[PreprocessingRequest], Optional[Preprocessing], List[str]]:
+) -> tuple[PreprocessingRequest | None, Preprocessing | None, list[str]]:
     """What a later stage feeds: the recorded recipe when nothing is declared (inherited), else the declared one,
     checked against the record (DataError with both side by side, or a warning with
     --allow-preprocessing-mismatch). Returns (request to open data with, the resolved recipe, warnings)."""
@@ -271,6 +271,7 @@ def inherit_preprocessing(
 __all__ = [
     "MAX_COUNT",
     "add_preprocessing_args",
+    "check_against_record",
     "channel_values",
     "declared_preprocessing",
     "inherit_preprocessing",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from ..preprocessing import Preprocessing, PreprocessingRequest, check_against_record, recorded_beside
 from . import options
 
 
@@ -29,14 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "run",
         help="run an engine or ONNX model on images: top-k labels for classifiers, raw outputs otherwise",
-        description="Preprocess images (resize, center crop, ImageNet normalisation, sized from the model's input) "
-        "and run them through a TensorRT engine (on the device) or an .onnx model (ONNX Runtime, any host). "
+        description="Preprocess images (as declared with --preprocess/..., else as recorded in the plan.json or "
+        "summary.json beside the model, else the imagenet preset, with a warning) and run them through a TensorRT engine (on the device) or an .onnx model (ONNX Runtime, any host). "
         "Classifiers with 1000 outputs print ImageNet labels; other models print output shapes and statistics.",
     )
     p.add_argument("model", metavar="ENGINE_OR_ONNX", type=Path, help="engine directory, .engine file, or .onnx")
     p.add_argument("--input", "-i", nargs="+", required=True, type=Path, metavar="IMAGE",
                    help="image files (or .npy arrays already preprocessed to the model's input shape)")
     p.add_argument("--top-k", type=options.positive_int, default=5, help="labels to print per image for classifiers (default 5)")
+    options.add_preprocessing_args(p)
     add_runtime_options(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -48,12 +51,13 @@ def _layout(shape: tuple[int, ...]) -> str:
     return "NCHW"
 
 
-def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> tuple[Any, list[str]]:
-    """Images -> float32 batch for an input of ``shape`` (batch dim ignored); .npy files are stacked as is.
+def load_inputs(paths: list[Path], shape: tuple[int, ...], pre: Preprocessing | None = None) -> tuple[Any, list[str]]:
+    """Images -> float32 batch for an input of ``shape`` (batch dim ignored) preprocessed by ``pre`` (the imagenet
+    preset when None: callers say so); .npy files are stacked as is.
     Returns the batch and a name per sample ('photo.jpg', or 'x.npy[3]' for the rows of an array)."""
     import numpy as np
 
-    from ..data import Preprocessing, load_array_file, load_image, preprocess
+    from ..data import load_array_file, load_image, preprocess
     from ..errors import DataError
 
     if any(p.suffix == ".npy" for p in paths):
@@ -67,12 +71,15 @@ def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> tuple[Any, list[st
             raise DataError(f"input {names[row]} holds NaN/Inf values; inputs must be finite",
                             hint="fix the preprocessing that wrote the array")
         return batch, names
-    concrete = tuple(d if d > 0 else 1 for d in shape)
-    if len(concrete) != 4 or any(d <= 0 for d in shape[1:]):
-        raise DataError(f"cannot preprocess images for input shape {list(shape)}: need a 4-D image input with "
-                        "concrete C, H, W", hint="pass preprocessed .npy arrays instead")
-    layout = _layout(concrete)
-    pre = Preprocessing.for_input_shape(concrete, layout=layout)
+    if len(shape) != 4:
+        raise DataError(f"cannot preprocess images for input shape {list(shape)}: need a 4-D image input",
+                        hint="pass preprocessed .npy arrays instead")
+    if pre is None:
+        concrete = tuple(d if d > 0 else 1 for d in shape)
+        if any(d <= 0 for d in shape[1:]):
+            raise DataError(f"the model input {list(shape)} has dynamic dims; declare the preprocessing with its size",
+                            hint="--preprocess NAME --size HxW")
+        pre = Preprocessing.for_input_shape(concrete, layout=_layout(concrete))
     return np.stack([preprocess(load_image(p, pre.channels), pre) for p in paths]), [str(p) for p in paths]
 
 
@@ -110,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.model} has {len(runner.inputs)} inputs; 'vqz-edge run' feeds single-input models",
                              hint="use vqz_edge.runtime.open_runner(...).run({...}) from Python")
         info = runner.inputs[0]
-        batch, names = load_inputs(args.input, info.shape)
+        pre, pre_notes = _preprocessing(args, info.shape) if any(p.suffix != ".npy" for p in args.input) else (None, [])
+        batch, names = load_inputs(args.input, info.shape, pre)
         step = runner.max_batch or len(batch)
         outs: dict[str, list[Any]] = {}
         for s in range(0, len(batch), step):
@@ -137,9 +145,13 @@ def run(args: argparse.Namespace) -> int:
 
         top = classify(first, args.top_k, imagenet_labels())
         doc["top_k"] = [{"input": n, "predictions": t} for n, t in zip(names, top)]
+    doc["preprocessing"] = pre.to_dict() if pre is not None else None
+    doc["warnings"] = pre_notes
     if args.json:
         emit_json(doc)
         return 0
+    for note in pre_notes:
+        print(f"WARNING: {note}", file=sys.stderr)
     print(f"{args.model} ({desc['backend']}), {len(args.input)} input(s), {len(names)} sample(s)")
     if "top_k" in doc:
         for entry in doc["top_k"]:
@@ -151,3 +163,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: shape {st['shape']} {st['dtype']}  min {st['min']:.4g}  max {st['max']:.4g}  "
                   f"mean {st['mean']:.4g}  std {st['std']:.4g}")
     return 0
+
+
+def _preprocessing(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Preprocessing, list[str]]:
+    """Declared (checked against a recorded recipe beside the model), else recorded, else imagenet with a warning."""
+    declared = options.preprocessing_from_args(args)
+    found = recorded_beside(args.model)
+    dyn = tuple(d if d > 0 else "?" for d in shape)
+    if not declared.is_empty():
+        used = declared.resolve(dyn)
+        if found is None:
+            return used, []
+        warning = check_against_record(found[0], used, recorded_where=found[1], used_where="declared",
+                                       allow=args.allow_preprocessing_mismatch)
+        return used, [warning] if warning else []
+    if found is not None:
+        return found[0], []
+    pre = PreprocessingRequest(preset="imagenet").resolve(dyn)
+    return pre, [f"no preprocessing declared or recorded beside {args.model}: using the imagenet preset "
+                 f"({pre.describe()}); declare yours with --preprocess NAME (and --size/--mean/--std ...)"]

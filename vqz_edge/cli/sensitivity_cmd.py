@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..fsutil import check_output_dir
 from . import options
+from . import options as cli_options  # run() has a local named options
+
+if TYPE_CHECKING:
+    from ..preprocessing import Preprocessing
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--refine-images", type=options.positive_int, default=64, help="calibration samples for --refine-thresholds (default 64)")
     pol = p.add_argument_group("precision policy")
     pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
-                     help="layers a preset pins above INT8 stay there (default: the spec's preset, else none)")
+                     help="layers a preset pins above INT8 stay there (default: the spec's preset, else the one the "
+                     "calibration used, from its summary.json)")
     pol.add_argument("--spec", type=Path, help="build spec: its [[precision.rules]] apply before the sweep")
     t = p.add_argument_group("automatic plan")
     t.add_argument("--target", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
@@ -58,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
     f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
+    options.add_preprocessing_args(p)
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path,
                    help="where sensitivity.json (and with --target plan.json, precision_rules.toml, model.qdq.onnx) go "
@@ -76,7 +84,19 @@ def run(args: argparse.Namespace) -> int:
     from . import emit_json, finetune_options, memory_budget
 
     spec = load_spec(args.spec) if args.spec else None
-    preset = args.preset or (spec.precision.preset if spec else "none")
+    recorded, recorded_where, recorded_preset = _recorded(args.calibration)
+    preset = args.preset or (spec.precision.preset if spec else recorded_preset)
+    preset_origin = ("--preset" if args.preset else f"spec {args.spec}" if spec else
+                     f"inherited from {recorded_where}" if recorded_where else "calibrate's default")
+    declared, notes = cli_options.declared_preprocessing(args, spec.preprocessing if spec else None)
+    model_input = _model_input(args.model)
+    warnings: list[str] = []
+    if not str(args.data).lower().endswith(".npy"):
+        declared, used, warnings = cli_options.inherit_preprocessing(
+            args, declared, recorded, model_input, recorded_where=recorded_where)
+        pre_arg = declared if declared is not None else used
+    else:
+        pre_arg = declared
     try:
         options = SweepOptions(granularity=args.granularity, metric=args.metric, reverse=args.reverse,
                                block_depth=args.block_depth)
@@ -105,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.output_name, refine=args.refine_thresholds, refine_data=args.refine_data,
         refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data,
         max_memory=memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
+        preprocessing=pre_arg,
     )
     files = write_outputs(result, outdir, args.model, cache_version(cal))
     if args.report:
@@ -112,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = result.to_dict()
         doc["files"] = {k: str(v) for k, v in sorted(files.items())}
+        doc["preset"] = {"name": preset, "origin": preset_origin}
+        doc["preprocessing"] = {"recipe": recorded.to_dict() if recorded and pre_arg is None else
+                                (pre_arg.to_dict() if pre_arg is not None else None), "notes": notes,
+                                "warnings": warnings}
         emit_json(doc)
         return 0
     a = result.all_int8
@@ -122,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
           + (f", SQNR {a.sqnr_db:.1f} dB" if a.sqnr_db is not None else ""))
     if result.refined:
         print(f"thresholds {result.thresholds}: {len(result.refined)} tensors changed")
+    print(f"precision preset {preset} ({preset_origin})")
+    for line in notes:
+        print(f"note: {line}")
+    for line in warnings:
+        print(f"WARNING: {line}")
     print(format_ranking(result, args.top))
     print(format_diagnostics(result))
     if result.auto is not None:
@@ -131,3 +161,25 @@ def run(args: argparse.Namespace) -> int:
     for key, path in sorted(files.items()):
         print(f"  {key:24s} {path}")
     return 0
+
+
+def _recorded(calibration: Path) -> tuple[Preprocessing | None, str, str]:
+    """(preprocessing, 'DIR/summary.json', precision preset) the calibration recorded; the preset of a summary
+    from before it was recorded is calibrate's default, cnn."""
+    from ..calib.datasource import read_recorded_preprocessing
+
+    recorded, where = read_recorded_preprocessing(calibration)  # DataError for an unreadable summary
+    preset = "cnn"
+    if where:
+        doc = json.loads(Path(where).read_text(encoding="utf-8"))
+        policy = doc.get("precision") if isinstance(doc, dict) else None
+        if isinstance(policy, dict) and isinstance(policy.get("preset"), str):
+            preset = policy["preset"]
+    return recorded, where, preset
+
+
+def _model_input(model: Path) -> tuple[int | str, ...]:
+    from ..onnx_io import graph_inputs, load_model
+
+    infos = graph_inputs(load_model(model))
+    return tuple(infos[0].shape) if len(infos) == 1 else ()

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import DataError, DependencyError, require_dir, require_file
 from ..log import get_logger
-from ..preprocessing import Preprocessing, PreprocessingRequest
+from ..preprocessing import Preprocessing as Preprocessing
+from ..preprocessing import PreprocessingRequest
 
 _log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ import onnx
 from ..calib import load_histograms
 from ..calib.cache import CalibrationCache, cache_bytes
 from ..calib.collect import model_memory
-from ..calib.datasource import DataSource, open_data
+from ..calib.datasource import DataSource, Declared, open_data
 from ..calib.finetune import FinetuneOptions
 from ..calib.histogram import AbsHistogram
 from ..calib.memory import (
@@ -163,6 +163,7 @@ def analyze(
     finetune_data: str | Path | None = None,
     max_memory: int | None = None,
     progress: ProgressFactory | None = None,
+    preprocessing: Declared = None,
 ) -> tuple[SensitivityResult, Calibration]:
     """Sweep ``model_path`` with the ranges of ``calibration`` on held-out ``data`` (evaluation split).
 
@@ -198,7 +199,8 @@ def analyze(
                          hint="for multi-input models use the Python API (vqz_edge.sensitivity) with your own feeds")
     batch_size = evaluation_batch(model, batch_size, max_memory)
     extra = verify_images if target is not None else 0
-    src = open_data(data, infos[0], count=num_images + extra, split="evaluation")
+    # photos get ``preprocessing`` (the CLI passes the calibration's recorded recipe unless told otherwise)
+    src = open_data(data, infos[0], count=num_images + extra, split="evaluation", preprocessing=preprocessing)
     sources = crop_sources(src)
     head, rest = _split_stream(iter(src.batches(batch_size)), min(num_images, src.count))
     thresholds = "calibrated" if method is None else f"method {method}"
@@ -210,7 +212,7 @@ def analyze(
         from .units import build_units
 
         spec = refine_data or _calibration_data(cal, "threshold refinement", "--refine-data")
-        cal_src = open_data(spec, infos[0], count=refine_images, split="calibration")
+        cal_src = open_data(spec, infos[0], count=refine_images, split="calibration", preprocessing=preprocessing)
         cal_eval = Evaluator(model, amax, list(cal_src.batches(batch_size)), output=output)
         amax, changes = refine_thresholds(model, amax, cal.histograms, base, build_units(model, base), cal_eval,
                                           metric=opts.metric, progress=progress)
@@ -246,7 +248,7 @@ def analyze(
         if finetune is not None:
             done = timed(seconds, "finetune")
             variant = _finetune(model, amax, plan, evaluator, finetune, finetune_data or refine_data, cal, infos[0],
-                                progress)
+                                progress, preprocessing)
             result.finetuned = variant
             done()
         done = timed(seconds, "verification")
@@ -283,11 +285,11 @@ def analyze(
 
 def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, evaluator: Evaluator,
               options: FinetuneOptions, data: str | Path | None, cal: Calibration, info: Any,
-              progress: ProgressFactory | None) -> Variant:
+              progress: ProgressFactory | None, preprocessing: Declared = None) -> Variant:
     from ..calib.finetune import finetune_on_data
 
     ft, src = finetune_on_data(model, amax, plan.plan, data or _calibration_data(cal, "fine-tuning", "--finetune-data"), info,
-                               options, output=evaluator.output, progress=progress)
+                               options, output=evaluator.output, progress=progress, preprocessing=preprocessing)
     variant = Variant(ft.model, ft.amax, ft.weight_scales)
     plan.finetuned = evaluator.evaluate(plan.plan, variant)
     plan.finetune = {"options": options.to_dict(), "data": src.description,
