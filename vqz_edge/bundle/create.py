@@ -167,9 +167,12 @@ def _check_plan(path: Path, onnx_sha256: str) -> bytes:
     return data
 
 
-def _reference_inputs(spec: Any, onnx_path: Path, n: int) -> dict[str, np.ndarray]:
+def _reference_inputs(spec: Any, onnx_path: Path, n: int, cal: Path | None = None) -> dict[str, np.ndarray]:
     """``n`` real samples for each model input: the spec's data (demo photos by default) for a single 4-D
-    image input, evaluation split; seeded random data for other inputs."""
+    image input, evaluation split, preprocessed as the calibration in ``cal`` recorded (else as the spec declares);
+    seeded random data for other inputs."""
+    from ..preprocessing import recorded_beside
+
     from ..calib.datasource import open_data
     from ..onnx_io import TensorInfo
     from ..ort import session
@@ -187,7 +190,10 @@ def _reference_inputs(spec: Any, onnx_path: Path, n: int) -> dict[str, np.ndarra
             data = spec.calibration.data
             where = data if data == "demo" else str(spec.resolve_path(data))
             info = TensorInfo(vi.name, tuple(shape), "float32")
-            src = open_data(where, info, count=n, split="evaluation")
+            found = recorded_beside(cal) if cal is not None else None
+            src = open_data(where, info, count=n, split="evaluation",
+                            preprocessing=found[0] if found else spec.preprocessing,
+                            preprocessing_origin=f"recorded in {found[1]}" if found else None)
             arr = np.concatenate(list(src.batches(n)), axis=0)[:n]
             feeds[vi.name] = np.ascontiguousarray(arr, dtype=np.float32)
         else:
@@ -303,7 +309,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
 
         # -- smoke test: real inputs, FP32 reference outputs, checked here on the artifact the device serves
         n = options.smoke_samples
-        inputs = _reference_inputs(spec, onnx_path, n)
+        inputs = _reference_inputs(spec, onnx_path, n, cal)
         batch = max(1, min(n, spec.require_inputs()[0].shape[0]))
         if n % batch:
             n -= n % batch

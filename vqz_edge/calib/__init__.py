@@ -169,6 +169,7 @@ def calibrate(
     progress: ProgressFactory | None = None,
     spec_inputs: Sequence[InputSpec] = (),
     preprocessing: Declared = None,
+    preprocessing_origin: str | None = None,
     input_shape: Sequence[int] | None = None,
 ) -> CalibrationResult:
     """Calibrate ``model_path`` on ``data`` and write the artifacts to ``outdir``.
@@ -195,7 +196,8 @@ def calibrate(
     shape = input_shape if input_shape is not None else next(
         (tuple(i.shape) for i in spec_inputs if i.name == infos[0].name), None)
     model_input = fill_dynamic(infos[0], shape, "--input-shape" if input_shape is not None else "[[inputs]] shape")
-    source: DataSource = open_data(data, model_input, count=opts.num_images, preprocessing=preprocessing)
+    source: DataSource = open_data(data, model_input, count=opts.num_images, preprocessing=preprocessing,
+                                   preprocessing_origin=preprocessing_origin)
     model_bytes = model_path.read_bytes()
     onnx_sha = sha256_bytes(model_bytes)
     name = model_name or model_path.parent.name or model_path.stem

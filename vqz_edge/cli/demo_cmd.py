@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from ..calib import CalibrationOptions, calibrate
     from ..calib.datasource import open_data
+    from ..data.images import DEMO_PREPROCESSING
     from ..calib.evaluate import evaluate
     from ..export import ExportOptions, export_model
     from ..fsutil import atomic_write_json
@@ -62,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     say(f"[1/4 export]    {model_path}: BatchNormalization {exp.batchnorm_before} -> {exp.batchnorm_after}, "
         f"max abs err {exp.max_abs_error:.2e} vs torch on {exp.errors[0].shape[0]} real photo crops")
 
+    # the demo classifier's preprocessing, declared explicitly: the imagenet preset at 224x224
     cal = calibrate(model_path, "demo", outdir, CalibrationOptions(method=args.method, num_images=CALIBRATION_CROPS),
-                    model_name=DEMO_MODEL, progress=progress)
+                    model_name=DEMO_MODEL, progress=progress, preprocessing=DEMO_PREPROCESSING,
+                    preprocessing_origin="the demo: imagenet preset")
     summary["calibrate"] = cal.to_dict()
     q = cal.qdq
     say(f"[2/4 calibrate] {cal.images} crops of the calibration photos, method {cal.method}, "
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"                {cal.files['cache']} (TRT-{cal.version_code}-EntropyCalibration2), {cal.files['qdq']}")
 
     model = load_model(model_path)
-    src = open_data("demo", graph_inputs(model)[0], count=EVALUATION_CROPS, split="evaluation")
+    src = open_data("demo", graph_inputs(model)[0], count=EVALUATION_CROPS, split="evaluation",
+                    preprocessing=cal.preprocessing, preprocessing_origin=cal.preprocessing_origin)
     rep = evaluate(model, load_model(cal.files["qdq"]), src.batches(50), total_batches=math.ceil(src.count / 50),
                    data_description=src.description, progress=progress)
     fidelity = rep.to_dict() | {"reference": str(model_path), "candidate": str(cal.files["qdq"])}
