@@ -60,6 +60,20 @@ def _dims(vi: onnx.ValueInfoProto) -> tuple[int | str, ...]:
     return tuple(dims)
 
 
+def params_for_unset_dims(model: onnx.ModelProto) -> list[str]:
+    """Rewrite, in place, the graph inputs' and outputs' dim_value -1 / 0 (how Paddle and some TF converters write
+    "any size") as named dynamic dims ('<tensor>_dim<i>'): ONNX Runtime would take 0 literally, TensorRT refuses
+    both. Returns one note per rewritten dim."""
+    notes = []
+    for vi in [*model.graph.input, *model.graph.output]:
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                old = d.dim_value
+                d.dim_param = f"{vi.name}_dim{i}"
+                notes.append(f"{vi.name} dim {i}: dim_value {old} written as the dynamic dim {d.dim_param!r}")
+    return notes
+
+
 def fill_dynamic(info: TensorInfo, shape: Sequence[int] | None, what: str = "--input-shape") -> TensorInfo:
     """``info`` with its dynamic dims filled from ``shape`` (fixed dims must agree; InputError naming both)."""
     if shape is None:

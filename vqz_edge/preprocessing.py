@@ -268,10 +268,13 @@ class PreprocessingRequest:
                          + (f" (its {', '.join(dropped)} dropped)" if dropped else ""))
             return other, notes
         merged = dict(mine)
+        base = PRESETS.get(str(mine.get("preset")))
         for k, v in theirs.items():
-            if k in mine and mine[k] != v:
+            before = mine[k] if k in mine else getattr(base, k, None)
+            if before is not None and before != v:
+                implied = "" if k in mine else f" (its preset {base.name}'s)"  # type: ignore[union-attr]
                 notes.append(f"{other.origin or 'override'} overrides {self.origin or 'the declaration'}: "
-                             f"{k} {_show(mine[k])} -> {_show(v)}")
+                             f"{k} {_show(before)}{implied} -> {_show(v)}")
             merged[k] = v
         origin = f"{self.origin} + {other.origin}" if self.origin and other.origin else (self.origin or other.origin)
         return PreprocessingRequest(origin=origin, **merged), notes
@@ -282,8 +285,8 @@ class PreprocessingRequest:
         if self.preset is None and self.mean is None:
             raise DataError(
                 "no preprocessing declared" + (f" ({self.origin})" if self.origin else ""),
-                hint=f"name a preset ({', '.join(sorted(PRESETS))}) or give mean and std: --preprocess NAME / --mean "
-                "--std, or [preprocessing] preset = \"...\" in the spec (docs/spec.md)",
+                hint="name it: --preprocess imagenet|clip|siglip|yolo|raw (plus --size/--mean/--std/--channel-order ... "
+                "to adjust) or give --mean and --std, or [preprocessing] preset = \"...\" in the spec (docs/spec.md)",
             )
         base = PRESETS[self.preset] if self.preset else None
         layout = self.layout or _infer_layout(input_shape)

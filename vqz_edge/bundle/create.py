@@ -171,11 +171,10 @@ def _reference_inputs(spec: Any, onnx_path: Path, n: int, cal: Path | None = Non
     """``n`` real samples for each model input: the spec's data (demo photos by default) for a single 4-D
     image input, evaluation split, preprocessed as the calibration in ``cal`` recorded (else as the spec declares);
     seeded random data for other inputs."""
-    from ..preprocessing import recorded_beside
-
     from ..calib.datasource import open_data
     from ..onnx_io import TensorInfo
     from ..ort import session
+    from ..preprocessing import recorded_beside
 
     sess = session(onnx_path, optimize=False)
     ins = sess.get_inputs()

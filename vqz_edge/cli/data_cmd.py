@@ -46,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     shape: tuple[int | str, ...] = tuple(spec.inputs[0].shape) if spec and spec.inputs else ("N", 3, "H", "W")
     if (declared is None or declared.size is None) and not (spec and spec.inputs):
         shape = ("N", 3, 224, 224) if declared is None or declared.layout != "NHWC" else ("N", 224, 224, 3)
-    pre, origin = resolve_image_preprocessing(TensorInfo("input", shape, "float32"), declared,
-                                              demo=args.images == "demo")
     if args.images == "demo":
         sources = demo_sources(args.split)
     else:
         calib, evaluation = split_by_source(folder_sources(Path(args.images)))
         sources = calib if args.split == "calibration" else evaluation
+    pre, origin = resolve_image_preprocessing(TensorInfo("input", shape, "float32"), declared,
+                                              demo=args.images == "demo")
     arr = make_crops(sources, args.count, pre, seed=args.seed)
     info = {
         "output": str(args.output),

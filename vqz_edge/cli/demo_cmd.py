@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from ..calib import CalibrationOptions, calibrate
     from ..calib.datasource import open_data
-    from ..data.images import DEMO_PREPROCESSING
     from ..calib.evaluate import evaluate
+    from ..data.images import DEMO_PREPROCESSING
     from ..export import ExportOptions, export_model
     from ..fsutil import atomic_write_json
     from ..memory import check_budget

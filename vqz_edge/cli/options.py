@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..errors import DataError, InputError
@@ -262,6 +263,8 @@ def inherit_preprocessing(
         return declared, None, []
     if declared is None or declared.is_empty():
         return None, recorded, []
+    if declared.size is None:  # the record's size came from this model: a declaration without one keeps it
+        declared = replace(declared, size=recorded.size)
     used = declared.resolve(input_shape)
     warning = check_against_record(recorded, used, recorded_where=recorded_where, used_where="declared",
                                    allow=bool(getattr(args, "allow_preprocessing_mismatch", False)))

@@ -52,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     onnx_path = onnx_for_spec(spec, args.onnx)
     model = load_model(onnx_path)
-    check_spec_inputs(spec.inputs, model, str(onnx_path), args.spec)
-    res = resolve_spec(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
+    if spec.inputs:
+        check_spec_inputs(spec.inputs, model, str(onnx_path), args.spec)
+    # a spec without [model] (e.g. only [precision]) names the plan after the --onnx file's folder, as calibrate does
+    name = spec.model_table.name if spec.model_table else (onnx_path.parent.name or onnx_path.stem)
+    res = resolve_spec(model, model_name=name, onnx_sha256=sha256_file(onnx_path),
                        rules=spec.precision.rules, preset=spec.precision.preset, default=spec.precision.default)
-    out = args.output or Path("calibration") / spec.model.name / "plan.json"
+    out = args.output or Path("calibration") / name / "plan.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res.plan.to_dict())
     counts = Counter(layer.precision for layer in res.plan.layers if layer.quantizable)

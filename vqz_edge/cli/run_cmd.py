@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,8 @@ def _preprocessing(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Pr
     found = recorded_beside(args.model)
     dyn = tuple(d if d > 0 else "?" for d in shape)
     if not declared.is_empty():
+        if found is not None and declared.size is None:
+            declared = replace(declared, size=found[0].size)
         used = declared.resolve(dyn)
         if found is None:
             return used, []

@@ -24,6 +24,7 @@ from ..onnx_io import (
     graph_outputs,
     load_model,
     opset_of,
+    params_for_unset_dims,
     require_finite_weights,
 )
 from .onnx_passes import PassReport, remove_batchnorm
@@ -131,12 +132,14 @@ def _export_from_onnx(src: Path, out: Path, opts: ExportOptions) -> ExportResult
     t0 = time.perf_counter()
     model = load_model(src)
     require_finite_weights(model, str(src))
+    dim_notes = params_for_unset_dims(model)  # -1 / 0 dims are dynamic: named, so ONNX Runtime and TensorRT agree
     infos = graph_inputs(model)
     override = opts.input_shape if len(infos) == 1 else None
     shapes = [concrete_shape(i, override, 1) for i in infos]
     dynamic_batch = all(not isinstance(i.shape[0], int) for i in infos if i.shape)
     n = opts.verify_samples if dynamic_batch else shapes[0][0] * max(1, opts.verify_samples // shapes[0][0])
     feeds, notes = real_inputs(infos, shapes, n)
+    notes += dim_notes
     batch = n if dynamic_batch else shapes[0][0]
     reference = _run_onnx(model, feeds, batch)
     new, report = remove_batchnorm(model)
