@@ -26,6 +26,7 @@ from vqz_edge.calib.collect import calibration_tensors
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.errors import DataError, InputError
 from vqz_edge.policy.resolve import resolve
+from vqz_edge.preprocessing import PreprocessingRequest
 from vqz_edge.spec import PrecisionRule
 
 # ---- cache format -------------------------------------------------------------------------------
@@ -238,7 +239,8 @@ def test_unreadable_image(tmp_path: Path, mobilenet_onnx: Path) -> None:
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(d / "a.png")
     (d / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(DataError, match=r"cannot read image .*b\.jpg"):
-        calibrate(mobilenet_onnx, d, tmp_path / "out", CalibrationOptions(num_images=4, batch_size=2))
+        calibrate(mobilenet_onnx, d, tmp_path / "out", CalibrationOptions(num_images=4, batch_size=2),
+                  preprocessing=PreprocessingRequest(preset="imagenet"))
     assert _empty(tmp_path / "out")
 
 

@@ -482,11 +482,13 @@ def check_against_record(recorded: Preprocessing, used: Preprocessing, *, record
 
 
 def recorded_beside(model: Path) -> tuple[Preprocessing, str] | None:
-    """The recipe recorded next to a model a device serves: ``plan.json`` (calibration, bundles, install roots) or
-    ``summary.json`` (a calibration directory) in the model's folder (or the engine directory itself)."""
+    """The recipe recorded next to a model a device serves: ``plan.json`` (calibration, bundles) or ``summary.json``
+    (a calibration directory) in the model's folder (or the engine directory itself), or, for a model an install
+    root serves (``releases/<id>/builds/<device>/``), the plan.json of the kept bundle (``releases/<id>/bundle/``)."""
     folder = model if model.is_dir() else model.parent
-    for name in ("plan.json", "summary.json"):
-        path = folder / name
+    kept = folder.resolve().parent.parent / "bundle"
+    for path in (folder / "plan.json", folder / "summary.json", kept / "plan.json"):
+        name = path.name
         if not path.is_file():
             continue
         try:

@@ -242,6 +242,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         )
     from ..calib.outputs import check_calibration_set
     from ..onnx_io import check_spec_inputs, graph_inputs, graph_outputs, load_model
+    from ..preprocessing import recorded_beside
 
     model = load_model(onnx_path)
     check_spec_inputs(spec.inputs, model, str(onnx_path), spec_path)
@@ -309,6 +310,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         # -- smoke test: real inputs, FP32 reference outputs, checked here on the artifact the device serves
         n = options.smoke_samples
         inputs = _reference_inputs(spec, onnx_path, n, cal)
+        found = recorded_beside(cal)
         batch = max(1, min(n, spec.require_inputs()[0].shape[0]))
         if n % batch:
             n -= n % batch
@@ -382,6 +384,8 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             ],
             "target_trt_version": target.default_trt_version,
             "smoke_batch": batch,
+            # how camera frames become the input, as calibration recorded it (None: not recorded, e.g. an .npy)
+            "preprocessing": found[0].to_dict() if found else None,
         }
         manifest = Manifest(
             bundle_version=options.bundle_version, model=spec.model.name, target=target.name,

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -191,6 +191,12 @@ def resolve_image_preprocessing(
 ) -> tuple[Preprocessing, str]:
     """The recipe photos get for ``model_input`` and a note on where it came from. Photos of your own need a
     declaration; the demo photos default to the demo classifier's ``imagenet`` preset, and say so."""
+    if (demo and isinstance(preprocessing, PreprocessingRequest) and not preprocessing.is_empty()
+            and preprocessing.preset is None and preprocessing.mean is None):
+        # e.g. only a size: the demo photos' default preset fills in the rest, and says so
+        found = _declared_recipe(tuple(model_input.shape), replace(preprocessing, preset="imagenet"), origin)
+        assert found is not None
+        return found[0], f"{found[1]} on the imagenet preset: the default for the demo photos"
     found = _declared_recipe(tuple(model_input.shape), preprocessing, origin)
     if found is not None:
         return found
