@@ -385,3 +385,11 @@ def test_export_with_spec_reads_source_weights_opset_and_shape(tmp_path: Path, m
     spec.write_text('[model]\nname = "tiny"\nsource = "tests.factories:conv_bn"\nweights = "missing.pth"\n')
     rc, _, err = _cli("export", "--spec", str(spec), "-o", str(tmp_path / "u.onnx"), capsys=capsys)
     assert rc != 0 and "missing.pth" in err  # the spec's weights are read, not ignored
+
+
+def test_partial_and_onnx_specs_round_trip() -> None:
+    for doc in ({"precision": {"preset": "vit"}},
+                {"model": {"name": "rec", "source": "rec.onnx"}, "preprocessing": {"preset": "raw", "scale": "1/255",
+                                                                                 "size": [48, 192]}}):
+        spec = parse_spec(doc)
+        assert parse_spec(spec.to_dict()) == spec

@@ -215,9 +215,8 @@ class Spec:
         return p
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": self.version,
-            "model": {k: v for k, v in vars(self.model_table).items() if v is not None} if self.model_table else None,
             "inputs": [
                 {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(i).items() if v is not None}
                 for i in self.inputs
@@ -231,6 +230,12 @@ class Spec:
             },
             "build": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.build).items() if v is not None},
         }
+        if self.model_table is not None:
+            m = self.model_table
+            onnx_source = m.source.lower().endswith(".onnx")
+            doc["model"] = {k: v for k, v in vars(m).items()
+                            if v is not None and not (onnx_source and k in ("weights", "opset"))}
+        return doc
 
 
 def parse_spec(doc: Mapping[str, Any], path: Path | None = None) -> Spec:

@@ -62,7 +62,8 @@ def spec_batches(spec: Spec, input_name: str, batch_shape: tuple[int, ...]) -> B
 
     data = spec.calibration.data
     where = data if data == "demo" else str(spec.resolve_path(data))
-    source = open_data(where, TensorInfo(input_name, batch_shape, "float32"), count=spec.calibration.num_images)
+    source = open_data(where, TensorInfo(input_name, batch_shape, "float32"), count=spec.calibration.num_images,
+                       preprocessing=spec.preprocessing)
 
     def batches() -> Iterator[np.ndarray]:
         for x in source.batches(batch_shape[0]):
