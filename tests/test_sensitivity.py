@@ -249,6 +249,7 @@ def test_cli_sensitivity_block_sweep_with_target(tmp_path: Path, mobilenet_onnx:
     out, rep = tmp_path / "out", tmp_path / "report"
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
                 "--granularity", "block", "--num-images", "24", "--verify-images", "24", "--target", "0.99",
+                "--preset", "none",  # every block in the sweep (the default inherits the calibration's cnn preset)
                 "-o", str(out), "--report", str(rep), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
