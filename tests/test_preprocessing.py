@@ -393,3 +393,14 @@ def test_partial_and_onnx_specs_round_trip() -> None:
                                                                                  "size": [48, 192]}}):
         spec = parse_spec(doc)
         assert parse_spec(spec.to_dict()) == spec
+
+
+def test_the_shared_options_keep_the_device_cli_light() -> None:
+    """The preprocessing options are on device commands (run): building the parser must not load the workstation
+    stages (numba, scipy, the calibrator), which JetPack's Python 3.8 image does not have."""
+    import subprocess
+
+    code = ("import sys, vqz_edge.cli; vqz_edge.cli.build_parser(); "
+            "print(sorted(m for m in ('numba', 'scipy', 'torch', 'vqz_edge.calib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calib.datasource import resolve_image_preprocessing
 from ..data import demo_sources, folder_sources, make_crops, split_by_source
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_path, write_set
@@ -36,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..calib.datasource import resolve_image_preprocessing  # workstation stage: numba etc. load only here
     from ..spec import load_spec
     from . import emit_json
 
