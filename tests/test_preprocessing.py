@@ -404,3 +404,16 @@ def test_the_shared_options_keep_the_device_cli_light() -> None:
             "print(sorted(m for m in ('numba', 'scipy', 'torch', 'vqz_edge.calib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_readme_precision_only_spec_drives_plan(tmp_path: Path, model_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    readme = next(body for where, body in _toml_blocks() if where.startswith("README.md") and "[precision]" in body)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(readme)
+    rc, out, err = _cli("plan", str(spec), "--onnx", str(model_path), "-o", str(tmp_path / "plan.json"), "--json",
+                        capsys=capsys)
+    assert rc == 0, err
+    assert json.loads(out)["model"] == model_path.parent.name  # named after the ONNX's folder, as calibrate does
+    rc, _, err = _cli("plan", str(spec), capsys=capsys)
+    assert rc == 2 and "no [model] table" in err
