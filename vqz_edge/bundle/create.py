@@ -16,10 +16,19 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..calib.cache import cache_bytes, read_cache
+from ..calib.datasource import open_data
+from ..calib.outputs import check_calibration_set
 from ..errors import InputError, VerificationError
 from ..fsutil import atomic_path, check_output_path, sha256_bytes, sha256_file
 from ..log import get_logger
+from ..onnx_io import TensorInfo, check_spec_inputs, graph_inputs, graph_outputs, load_model
+from ..ort import session
+from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
+from ..spec import load_spec
+from ..targets import get_target, jetpack_info, jetpack_table
+from ..versions import parse_trt_version
 from .manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -95,8 +104,6 @@ class BundleResult:
 
 
 def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[Path, ...]) -> tuple[Compatibility, list[Any]]:
-    from ..targets import jetpack_info, jetpack_table
-
     if jetpacks:
         rows = [jetpack_info(v, targets_files) for v in jetpacks]
     else:
@@ -123,9 +130,6 @@ def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[
 
 
 def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
-    from ..calib.cache import cache_bytes, read_cache
-    from ..versions import parse_trt_version
-
     cache = read_cache(path)
     tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
     foreign = sorted(set(cache.scales) - tensors)
@@ -151,8 +155,6 @@ def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) ->
 
 
 def _check_plan(path: Path, onnx_sha256: str) -> bytes:
-    from ..policy.plan import ResolvedPlan
-
     data = path.read_bytes()
     try:
         plan = ResolvedPlan.from_dict(json.loads(data.decode("utf-8")))
@@ -170,10 +172,6 @@ def _check_plan(path: Path, onnx_sha256: str) -> bytes:
 def _reference_inputs(spec: Any, onnx_path: Path, n: int) -> dict[str, np.ndarray]:
     """``n`` real samples for each model input: the spec's data (demo photos by default) for a single 4-D
     image input, evaluation split; seeded random data for other inputs."""
-    from ..calib.datasource import open_data
-    from ..onnx_io import TensorInfo
-    from ..ort import session
-
     sess = session(onnx_path, optimize=False)
     ins = sess.get_inputs()
     feeds: dict[str, np.ndarray] = {}
@@ -211,9 +209,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progress: ProgressFactory | None = None) -> BundleResult:
     """Assemble, check, sign and write the bundle for ``options.target``. Writes nothing on failure."""
-    from ..spec import load_spec
-    from ..targets import get_target
-
     out = check_output_path(Path(out))
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
@@ -235,9 +230,6 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             f"{onnx_path} does not exist",
             hint="run vqz-edge demo (or export + calibrate) first, or point --calibration-dir at the model's folder",
         )
-    from ..calib.outputs import check_calibration_set
-    from ..onnx_io import check_spec_inputs, graph_inputs, graph_outputs, load_model
-
     model = load_model(onnx_path)
     check_spec_inputs(spec.inputs, model, str(onnx_path), spec_path)
     # the calibration outputs must be one run's set, made for this model.onnx (plan.json has its own stamp)
@@ -310,7 +302,6 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             inputs = {k: v[:n] for k, v in inputs.items()}
         bar.update(1)
         ref_run = ort_run_fn(onnx_path)
-        from ..ort import session
 
         out_names = [o.name for o in session(onnx_path, optimize=False).get_outputs()]
         reference = run_batched(ref_run, inputs, batch, out_names)

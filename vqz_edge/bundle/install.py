@@ -57,7 +57,13 @@ from ..errors import (
 )
 from ..fsutil import FILE_MODE, atomic_path, canonical_json, sha256_bytes, sha256_file
 from ..log import get_logger
+from ..memory import check_budget, require_fit
+from ..memory.estimate import estimate_onnx
 from ..progress import ProgressFactory, make_bar
+from ..runtime import open_runner
+from ..spec import load_spec
+from ..targets import get_target, list_targets
+from ..trt.builder import BuildRequest, run_build
 from ..trt.compat import WHERE_TO_RUN, tensorrt_available, tensorrt_version
 from .errors import BundleIntegrityError, InstallRefusedError
 from .journal import Journal, now_iso
@@ -385,8 +391,6 @@ def check_downgrade(manifest: Manifest, state: dict[str, Any]) -> None:
 def check_target(manifest: Manifest, device: DeviceInfo, backend: str, declared: str | None,
                  targets_files: tuple[Path, ...] = ()) -> list[str]:
     """Refuse a bundle made for another module. Returns notes about what could not be checked."""
-    from ..targets import get_target, list_targets
-
     notes: list[str] = []
     bundle_target = manifest.target
     if declared is not None:
@@ -447,10 +451,6 @@ def check_memory(manifest: Manifest, bundle_dir: Path | None, device: DeviceInfo
                  targets_files: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Memory budget of the model on the bundle's target (catalog numbers) and, on a Jetson, against the
     memory free right now. Raises BudgetError (exit 7) with the breakdown when it does not fit."""
-    from ..memory import check_budget, require_fit
-    from ..memory.estimate import estimate_onnx
-    from ..targets import get_target
-
     if bundle_dir is None:
         return {}
     target = get_target(manifest.target, targets_files)
@@ -577,8 +577,6 @@ def release_problems(root: InstallRoot, info: dict[str, Any]) -> tuple[list[str]
 def _runner_fn(path: Path, backend: str, target: str) -> tuple[Any, Any]:
     """(run function, closer) for the served artifact, through the runtime's ``open_runner``. The memory
     budget was checked before the build, so the runner's own check is skipped here."""
-    from ..runtime import open_runner
-
     runner = open_runner(path, backend="trt" if backend == "tensorrt" else "ort", target=target, check_memory=False)
     return runner.run, runner.close
 
@@ -604,9 +602,6 @@ def _build_tensorrt(bundle_dir: Path, manifest: Manifest, out: Path, device: Dev
     the bundle folder has the calibration-folder layout the builder reads (model.onnx, model.qdq.onnx,
     calibration.cache, plan.json). The builder checks the inspector precisions against the plan and
     writes nothing when a layer the plan keeps FP16/FP32 runs INT8."""
-    from ..spec import load_spec
-    from ..targets import get_target
-    from ..trt.builder import BuildRequest, run_build
     from .plan_header import check_plan_version
 
     spec = load_spec(bundle_dir / manifest.artifacts["spec"])

@@ -1,7 +1,7 @@
 """``open_runner``: pick the backend for a path, check the memory budget, then load.
 
 * an engine directory (``model.engine`` + ``manifest.json``), a ``.engine`` file or a manifest -> TensorRT
-  (:mod:`vqz_edge.trt.runtime`; needs the device). The manifest is verified and the budget checked against
+  (:mod:`vqz_edge.runtime.trt_backend`; needs the device). The manifest is verified and the budget checked against
   the memory free right now before the engine is deserialised.
 * an ``.onnx`` file -> ONNX Runtime on the CPU (FP32 and Q/DQ models). With ``target`` the budget is
   checked against that module (what this model would need there, FP16/INT8 as planned); without, against
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..device import read_live_memory
 from ..engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
 from ..errors import InputError, require_file
 from ..log import get_logger
@@ -24,9 +25,12 @@ from ..memory.budget import (
     require_fit,
     runtime_overhead,
 )
+from ..memory.estimate import estimate_engine_dir, estimate_onnx
 from ..targets import Target, get_target, list_targets
 from ..vocab import ENGINE_SUFFIXES
 from .base import EngineRunner
+from .ort_backend import OrtRunner
+from .trt_backend import TrtRunner
 
 _log = get_logger(__name__)
 
@@ -81,9 +85,6 @@ def onnx_budget(
     resident: Sequence[MemoryItem] = (),
 ) -> BudgetReport:
     """The budget an ONNX model needs before ONNX Runtime loads it (see module docstring)."""
-    from ..device import read_live_memory
-    from ..memory.estimate import estimate_onnx
-
     if target is not None:
         est = estimate_onnx(path, batch=max_batch)
         return check_budget(target, [*est.items, *resident], os_reserve_bytes=os_reserve_bytes,
@@ -130,8 +131,6 @@ def open_runner(
             require_fit(onnx_budget(path, target=tgt, max_batch=max_batch, margin_fraction=margin_fraction,
                                     os_reserve_bytes=os_reserve_bytes, resident=resident),
                         action="creating the ONNX Runtime session")
-        from .ort_backend import OrtRunner
-
         return OrtRunner(path, threads=threads)
 
     if backend == "ort":
@@ -140,8 +139,6 @@ def open_runner(
             hint="run the engine on the device (--backend trt / auto), or run the .onnx it was built from",
         )
     manifest = load_manifest(path)
-    from ..memory.estimate import estimate_engine_dir
-
     est = estimate_engine_dir(manifest.path or path)
     if tgt is None and manifest.target in {t.name for t in list_targets(targets_files)}:
         tgt = get_target(manifest.target, targets_files)
@@ -156,7 +153,5 @@ def open_runner(
         )
         _log.info("%s", report.verdict())
         require_fit(report)
-
-    from ..trt.runtime import TrtRunner
 
     return TrtRunner(manifest, budget=budget if check_memory else None)

@@ -17,7 +17,7 @@ from ..calib import load_histograms
 from ..calib.cache import CalibrationCache, cache_bytes
 from ..calib.collect import model_memory
 from ..calib.datasource import DataSource, open_data
-from ..calib.finetune import FinetuneOptions
+from ..calib.finetune import FinetuneOptions, finetune_on_data
 from ..calib.histogram import AbsHistogram
 from ..calib.memory import (
     INTERMEDIATE_FACTOR,
@@ -28,7 +28,9 @@ from ..calib.memory import (
     fmt_bytes,
 )
 from ..calib.outputs import check_calibration_set
+from ..calib.qdq import insert_qdq
 from ..calib.thresholds import compute_amax
+from ..data.images import demo_sources, folder_sources
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_file, write_set
 from ..log import get_logger
@@ -112,8 +114,6 @@ def evaluation_batch(model: onnx.ModelProto, requested: int, max_memory: int | N
 
 def crop_sources(src: DataSource) -> list[str] | None:
     """Source photo of every crop, in stream order (crops go round-robin over the files), or None (npy)."""
-    from ..data.images import demo_sources, folder_sources
-
     if src.kind == "npy":
         return None
     sources = demo_sources(src.split) if src.kind == "demo" else folder_sources(src.path)  # type: ignore[arg-type]
@@ -284,8 +284,6 @@ def analyze(
 def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, evaluator: Evaluator,
               options: FinetuneOptions, data: str | Path | None, cal: Calibration, info: Any,
               progress: ProgressFactory | None) -> Variant:
-    from ..calib.finetune import finetune_on_data
-
     ft, src = finetune_on_data(model, amax, plan.plan, data or _calibration_data(cal, "fine-tuning", "--finetune-data"), info,
                                options, output=evaluator.output, progress=progress)
     variant = Variant(ft.model, ft.amax, ft.weight_scales)
@@ -379,8 +377,6 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
         if ft is not None:
             payloads["qdq"] = ft.qdq(a.plan).SerializeToString()
         elif model_path is not None:
-            from ..calib.qdq import insert_qdq
-
             qdq, _ = insert_qdq(onnx.load(str(model_path)), result.amax, a.plan)
             payloads["qdq"] = qdq.SerializeToString()
     # one set, sensitivity.json last; files an earlier run wrote here that this one does not are removed

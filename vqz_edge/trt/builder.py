@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
+from ..calib.cache import parse_cache
 from ..device import GpuInfo, host_name, read_gpu, read_jetpack, read_l4t
 from ..engine_manifest import build_manifest, engine_dir, up_to_date, utc_now, write_engine_and_manifest
 from ..errors import DependencyError, EngineBuildError, InputError
 from ..fsutil import atomic_write_bytes, canonical_json, file_lock, sha256_bytes, sha256_file
 from ..log import get_logger
+from ..onnx_io import load_model
+from ..policy import resolve_plan
 from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory
 from ..versions import TrtVersion
@@ -261,8 +264,6 @@ def _calibration_shape(tensor: NetTensor, profile: ProfileShapes) -> tuple[int, 
 
 def setup_calibration(cfg: EngineConfig, desc: NetworkDesc, version: TrtVersion) -> tuple[CalibrationFeed, CacheVerdict]:
     """Decide offline cache vs on-device calibration before the build starts."""
-    from ..calib.cache import parse_cache
-
     calib = cfg.calibration
     if calib is None:
         raise InputError("implicit INT8 needs a calibration cache or calibration data")
@@ -491,9 +492,6 @@ def load_plan(req: BuildRequest, calib_dir: Path, onnx_fp32: Path) -> tuple[Reso
     elif not onnx_fp32.is_file():
         return None, "none (no plan.json; the spec's precision rules are not applied)"
     else:
-        from ..onnx_io import load_model  # onnx: only when the plan must be resolved on this host
-        from ..policy import resolve_plan
-
         plan = resolve_plan(req.spec, load_model(onnx_fp32))
         source = "resolved from the spec's [precision] rules"
     if onnx_fp32.is_file() and plan.onnx_sha256 and plan.onnx_sha256 != sha256_file(onnx_fp32):

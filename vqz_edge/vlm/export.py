@@ -35,9 +35,12 @@ import onnx
 from .. import ort as ortu
 from ..data.images import Preprocessing, demo_crops
 from ..errors import ExportError, InputError, VerificationError
+from ..export.onnx_passes import remove_batchnorm
+from ..export.torch_side import export_onnx
 from ..fsutil import atomic_path, atomic_write_json, sha256_file
 from ..log import get_logger
 from ..onnx_io import count_ops, graph_inputs, graph_outputs
+from ..policy.plan import LayerDecision, ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from .configs import VlmConfig, load_vlm_config
 from .gguf_export import GgufResult, gguf_file_name, require_gguf_model, write_llm_gguf
@@ -263,8 +266,6 @@ def token_cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
 
 
 def _fp16_plan(model: onnx.ModelProto, onnx_sha: str, name: str) -> dict[str, Any]:
-    from ..policy.plan import LayerDecision, ResolvedPlan
-
     layers = tuple(
         LayerDecision(n.name, n.op_type, "fp16", "vlm-vision-fp16", n.op_type in QUANTIZABLE_OPS)
         for n in model.graph.node
@@ -294,8 +295,6 @@ def export_vision(
     plan and the LLM's NF4 quantization config. ``model``: an already loaded model (tests)."""
     import torch
 
-    from ..export.onnx_passes import remove_batchnorm
-    from ..export.torch_side import export_onnx
     from .audit import load_model
 
     opts = opts or VisionExportOptions()

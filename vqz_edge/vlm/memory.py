@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..fsutil import sha256_file
 from ..log import get_logger
 from ..memory import MIB, BudgetReport, MemoryItem, check_budget, runtime_overhead
 from ..targets import Target
@@ -378,8 +379,6 @@ def _find_cosines(doc: Any, prefix: str = "") -> list[tuple[str, float]]:
 def read_fidelity_report(path: Path | None, *, min_cosine: float = 0.99, saving: int | None = None) -> FidelityEvidence:
     """The measured fidelity an INT8 vision encoder needs: the JSON of ``vqz-edge evaluate --json`` (any
     object with a ``*cosine*`` metric). The worst cosine found must reach ``min_cosine``."""
-    from ..fsutil import sha256_file
-
     save = f" (INT8 would save {saving / MIB:.0f} MiB)" if saving else ""
     if path is None:
         raise PrecisionRefused(
