@@ -266,7 +266,7 @@ def test_cli_sensitivity_finetune_writes_a_verified_finetuned_model(
 ) -> None:
     out = tmp_path / "s"
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
-                "--num-images", "16", "--verify-images", "16", "--preset", "cnn", "--target", "0.999",
+                "--num-images", "16", "--verify-images", "16", "--preset", "cnn", "--goal", "0.999",
                 "--max-kept", "2", "--finetune", "--finetune-samples", "48", "--finetune-lr", "2e-5", "-o", str(out),
                 "--json")
     assert r.returncode == 0, r.stderr

@@ -128,7 +128,7 @@ def test_engine_needs_tensorrt_here(tmp_path: Path) -> None:
         open_runner(d)
     assert e.value.exit_code == 3
     with pytest.raises(InputError, match="ONNX Runtime runs .onnx files"):
-        open_runner(d, backend="ort")
+        open_runner(d, backend="onnxruntime")
 
 
 # ------------------------------------------------------------------------------------------ ONNX Runtime backend

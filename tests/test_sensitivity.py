@@ -248,7 +248,7 @@ def test_minilm_sweep_and_automatic_plan_meets_its_target(
 def test_cli_sensitivity_block_sweep_with_target(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
     out, rep = tmp_path / "out", tmp_path / "report"
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
-                "--granularity", "block", "--num-images", "24", "--verify-images", "24", "--target", "0.99",
+                "--granularity", "block", "--num-images", "24", "--verify-images", "24", "--goal", "0.99",
                 "-o", str(out), "--report", str(rep), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

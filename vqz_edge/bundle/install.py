@@ -65,6 +65,7 @@ from ..spec import load_spec
 from ..targets import get_target, list_targets
 from ..trt.builder import BuildRequest, run_build
 from ..trt.compat import WHERE_TO_RUN, tensorrt_available, tensorrt_version
+from ..vocab import BACKENDS
 from .errors import BundleIntegrityError, InstallRefusedError
 from .journal import Journal, now_iso
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
@@ -75,7 +76,6 @@ _log = get_logger(__name__)
 
 CRASH_ENV = "VQZ_TEST_CRASH_AT"
 CRASH_POINTS = ("after_extract", "mid_build", "before_switch", "after_switch")
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
 STATE_VERSION = 1
 RELEASE_FILE = "release.json"
 COPY_CHUNK = 1 << 20
@@ -577,7 +577,7 @@ def release_problems(root: InstallRoot, info: dict[str, Any]) -> tuple[list[str]
 def _runner_fn(path: Path, backend: str, target: str) -> tuple[Any, Any]:
     """(run function, closer) for the served artifact, through the runtime's ``open_runner``. The memory
     budget was checked before the build, so the runner's own check is skipped here."""
-    runner = open_runner(path, backend="trt" if backend == "tensorrt" else "ort", target=target, check_memory=False)
+    runner = open_runner(path, backend=backend, target=target, check_memory=False)
     return runner.run, runner.close
 
 

@@ -26,8 +26,9 @@ from ..onnx_io import check_spec_inputs, graph_inputs, load_model, require_finit
 from ..policy.plan import ResolvedPlan
 from ..policy.resolve import Resolution, resolve_spec
 from ..progress import ProgressFactory
-from ..spec import CALIBRATION_METHODS, InputSpec, PrecisionRule
+from ..spec import InputSpec, PrecisionRule
 from ..versions import parse_trt_version
+from ..vocab import CALIBRATION_METHODS
 from .cache import CalibrationCache, cache_bytes
 from .collect import calibration_tensors, collect
 from .datasource import DataSource, open_data

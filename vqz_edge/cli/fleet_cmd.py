@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+from ..fsutil import atomic_write_json, check_output_path
+from . import COMMANDS, emit_json, options
+
 HOST_SCHEMA = "vqz-edge-fleet-host/1"
 RUN_SCHEMA = "vqz-edge-fleet-run/1"
 REPORT_SCHEMA = "vqz-edge-fleet-report/1"
@@ -44,8 +48,6 @@ class Inputs:
 
 
 def _read_json(path: Path) -> Any:
-    from ..errors import InputError
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -55,8 +57,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _add(inputs: Inputs, path: Path, doc: Any, *, strict: bool) -> None:
-    from ..errors import InputError
-
     if not isinstance(doc, dict):
         if strict:
             raise InputError(f"{path}: expected a JSON object, got {type(doc).__name__}")
@@ -89,8 +89,6 @@ def _add(inputs: Inputs, path: Path, doc: Any, *, strict: bool) -> None:
 
 def collect(paths: Iterable[Path]) -> Inputs:
     """Read report folders (``run.json``, ``hosts/*.json``, ``*.json``) and single JSON files."""
-    from ..errors import InputError
-
     inputs = Inputs()
     for p in paths:
         if p.is_dir():
@@ -238,11 +236,9 @@ def format_table(report: dict[str, Any]) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "fleet",
-        help="fleet view: which devices run which bundle, what failed and why (from the provisioning records)",
+        help=COMMANDS["fleet"].summary,
         description="Summarise the per-host records written by the provisioning playbooks (tools/provision/).",
     )
     fs = p.add_subparsers(dest="fleet_command", metavar="ACTION")
@@ -257,14 +253,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     r.add_argument("inputs", nargs="+", type=Path, metavar="DIR_OR_JSON", help="report folder(s) or JSON file(s)")
     r.add_argument("-o", "--output", type=Path, metavar="FLEET.json", help="write the report JSON here (atomically)")
-    add_common(r)
+    options.add_common(r)
     r.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fsutil import atomic_write_json, check_output_path
-    from . import emit_json
-
     inputs: Sequence[Path] = args.inputs
     if args.output is not None:
         check_output_path(args.output)

@@ -7,15 +7,17 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import InputError
-from ..spec import Spec
+from ..fsutil import atomic_write_json, sha256_file
+from ..onnx_io import check_spec_inputs, load_model
+from ..policy import resolve_spec
+from ..spec import Spec, load_spec
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "plan",
-        help="resolve the spec's precision policy into a per-layer plan",
+        help=COMMANDS["plan"].summary,
         description="Apply the preset (final head FP32; ViT: Softmax/LayerNorm FP32, Q/K projections and the "
         "softmax/GELU neighbourhood FP16; VLM vision: FP16) and then the spec's [[precision.rules]] (later rules "
         "override earlier ones) to every node of the ONNX model. Prints the table and writes plan.json.",
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--onnx", type=Path, help="the FP32 ONNX (default: model.source if .onnx, else calibration/<name>/model.onnx)")
     p.add_argument("-o", "--output", type=Path, help="plan JSON (default calibration/<name>/plan.json)")
     p.add_argument("--all", action="store_true", help="list every node, not only quantizable layers and pinned ones")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -43,12 +45,6 @@ def onnx_for_spec(spec: Spec, explicit: Path | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fsutil import atomic_write_json, sha256_file
-    from ..onnx_io import check_spec_inputs, load_model
-    from ..policy import resolve_spec
-    from ..spec import load_spec
-    from . import emit_json
-
     spec = load_spec(args.spec)
     onnx_path = onnx_for_spec(spec, args.onnx)
     model = load_model(onnx_path)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import onnx
 
 from ..spec import PrecisionRule
+from ..vocab import PRESETS
 from .resolve import _initializers, is_quantizable
 
 QK_NAME = re.compile(r"(?:^|[/._])(query|key|q_proj|k_proj|to_q|to_k|wq|wk)(?:$|[/._])", re.IGNORECASE)
@@ -143,9 +144,6 @@ def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
         for proj in _nearest_quantizable(model, [i for i in qk_node.input if i in producers], False, inits):
             out.setdefault(proj, ("fp16", "preset vit: attention Q/K projection (most sensitive)"))
     return out
-
-
-PRESETS = ("cnn", "vit", "vlm-vision", "none")
 
 
 def preset_rules(model: onnx.ModelProto, preset: str) -> list[tuple[str, PrecisionRule]]:

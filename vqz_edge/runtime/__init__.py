@@ -8,7 +8,8 @@ Nothing here imports tensorrt, pycuda or onnxruntime at import time. The engine 
 :mod:`vqz_edge.engine_manifest`.
 """
 
+from ..vocab import BACKENDS
 from .base import EngineRunner, IOInfo
-from .loader import BACKENDS, artifact_kind, onnx_budget, open_runner
+from .loader import artifact_kind, onnx_budget, open_runner
 
 __all__ = ["BACKENDS", "EngineRunner", "IOInfo", "artifact_kind", "onnx_budget", "open_runner"]

@@ -27,14 +27,12 @@ from ..memory.budget import (
 )
 from ..memory.estimate import estimate_engine_dir, estimate_onnx
 from ..targets import Target, get_target, list_targets
-from ..vocab import ENGINE_SUFFIXES
+from ..vocab import ENGINE_SUFFIXES, canonical_backend
 from .base import EngineRunner
 from .ort_backend import OrtRunner
 from .trt_backend import TrtRunner
 
 _log = get_logger(__name__)
-
-BACKENDS = ("auto", "ort", "trt")
 
 
 def artifact_kind(path: Path) -> str:
@@ -116,16 +114,18 @@ def open_runner(
     Raises BudgetError (exit code 7) with the breakdown when the model does not fit, before any session
     or execution context exists; EngineMismatchError when the engine belongs to another TensorRT/GPU.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"backend {backend!r} not in {BACKENDS}")
+    try:
+        backend = canonical_backend(backend)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     path = Path(path)
     kind = artifact_kind(path)
     tgt = _resolve_target(target, targets_files)
     if kind == "onnx":
-        if backend == "trt":
+        if backend == "tensorrt":
             raise InputError(
                 f"{path} is an ONNX file; the TensorRT backend runs built engines",
-                hint="build one on the device (vqz-edge build), or use --backend ort",
+                hint="build one on the device (vqz-edge build), or use --backend onnxruntime",
             )
         if check_memory:
             require_fit(onnx_budget(path, target=tgt, max_batch=max_batch, margin_fraction=margin_fraction,
@@ -133,10 +133,10 @@ def open_runner(
                         action="creating the ONNX Runtime session")
         return OrtRunner(path, threads=threads)
 
-    if backend == "ort":
+    if backend == "onnxruntime":
         raise InputError(
             f"{path} is a TensorRT engine; ONNX Runtime runs .onnx files",
-            hint="run the engine on the device (--backend trt / auto), or run the .onnx it was built from",
+            hint="run the engine on the device (--backend tensorrt / auto), or run the .onnx it was built from",
         )
     manifest = load_manifest(path)
     est = estimate_engine_dir(manifest.path or path)

@@ -1,0 +1,125 @@
+"""The package layout (issue 19): no import cycle between vqz_edge packages, no import placed inside a function
+between them, and the CLI's one dispatch table.
+
+A "package" is a direct child of vqz_edge (a sub-package such as ``calib`` or a module such as ``errors``).
+Heavy third-party libraries (torch, numba, onnxruntime, TensorRT) may still be imported inside functions; an
+import of vqz_edge code may not: a command's modules are loaded through ``vqz_edge.cli.COMMANDS`` only.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vqz_edge
+from vqz_edge.cli import COMMANDS, build_parser, command_module
+
+ROOT = Path(vqz_edge.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported vqz_edge module, line, inside a function) for every vqz_edge import in ``path``; imports under
+    ``if TYPE_CHECKING:`` are left out (they never run)."""
+    mod = _module_name(path)
+    is_pkg = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = base[: len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                names = [f"{target}.{a.name}" for a in child.names] if child.module is None else [target]
+                found.extend((n, child.lineno, in_function) for n in names if n.split(".")[0] == "vqz_edge")
+            elif isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno, in_function) for a in child.names if a.name.split(".")[0] == "vqz_edge")
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, False)
+    return found
+
+
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+SOURCES = sorted(ROOT.rglob("*.py"))
+
+
+def test_the_scan_sees_the_package() -> None:
+    # a scan that finds nothing would pass everything below
+    assert len(SOURCES) > 80
+    edges = {(_package(_module_name(p)), _package(t)) for p in SOURCES for t, _, _ in _imports(p)}
+    assert ("vqz_edge.bundle", "vqz_edge.trt") in edges and ("vqz_edge.runtime", "vqz_edge.memory") in edges
+
+
+def test_no_function_level_import_between_packages() -> None:
+    bad = [f"{p.relative_to(ROOT.parent)}:{line} imports {target} inside a function"
+           for p in SOURCES for target, line, in_function in _imports(p)
+           if in_function and _package(target) != _package(_module_name(p))]
+    assert bad == [], "\n".join(bad)
+
+
+def test_no_import_cycle_between_packages() -> None:
+    graph: dict[str, set[str]] = {}
+    for p in SOURCES:
+        a = _package(_module_name(p))
+        for target, _, _ in _imports(p):
+            b = _package(target)
+            if b != a and b != "vqz_edge":
+                graph.setdefault(a, set()).add(b)
+    cycles = []
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                cycles.append(" -> ".join([*path[path.index(nxt):], nxt]))
+            elif len(path) < len(graph) + 1:
+                walk(nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    assert cycles == [], "import cycles between packages:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_dispatch_table_names_every_command_module() -> None:
+    on_disk = {p.stem for p in (ROOT / "cli").glob("*_cmd.py")}
+    assert {c.module for c in COMMANDS.values()} == on_disk
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == list(COMMANDS)  # type: ignore[union-attr]
+    for name in COMMANDS:
+        assert hasattr(command_module(name), "register")
+
+
+def test_a_command_module_that_fails_to_import_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqz_edge import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "targets", cli.Command("no_such_cmd", "missing", workstation=False))
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["targets"])
+
+
+def test_a_device_command_loads_no_workstation_code() -> None:
+    # `vqz-edge targets` in a fresh interpreter: its own module only, never torch, numba or the workstation stages
+    code = ("import sys; from vqz_edge.cli import main; main(['targets', '--json']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numba', 'onnxruntime') "
+            "or m.startswith(('vqz_edge.cli.', 'vqz_edge.export', 'vqz_edge.sensitivity', 'vqz_edge.vlm'))), "
+            "file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "['vqz_edge.cli.options', 'vqz_edge.cli.targets_cmd']"
