@@ -19,7 +19,7 @@ from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.data.images import Preprocessing, demo_crops
 from vqz_edge.errors import CalibrationError
 from vqz_edge.policy.plan import ResolvedPlan
-from vqz_edge.policy.resolve import resolve_spec
+from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.sensitivity import load_calibration
 from vqz_edge.sensitivity.evaluator import Metrics, _Accumulator
 from vqz_edge.sensitivity.run import domain_gap
@@ -74,7 +74,7 @@ def _crops(split: str, n: int) -> np.ndarray:
 
 
 def _all_int8(model: onnx.ModelProto) -> ResolvedPlan:
-    return resolve_spec(model, model_name="tiny", onnx_sha256="0" * 64, preset="none").plan
+    return resolve_plan(model, model_name="tiny", onnx_sha256="0" * 64, preset="none").plan
 
 
 def _amax(model: onnx.ModelProto, x: np.ndarray, plan: ResolvedPlan) -> dict[str, float]:
@@ -130,7 +130,7 @@ def test_interpreter_runs_what_onnxruntime_runs(tiny: tuple) -> None:  # type: i
 def test_interpreter_quantizes_per_consumer_like_the_qdq_writer(tiny: tuple) -> None:  # type: ignore[type-arg]
     """s6 feeds the INT8 depthwise conv and an FP16 Add: the Add must read the float tensor, as in the Q/DQ model."""
     model, _, amax, _, held_out = tiny
-    plan = resolve_spec(model, model_name="tiny", onnx_sha256="0" * 64, preset="none",
+    plan = resolve_plan(model, model_name="tiny", onnx_sha256="0" * 64, preset="none",
                         rules=[PrecisionRule(precision="fp16", node="/res/Add")]).plan
     points = quant_points(model, plan)
     assert ("/dw/Conv", 0) in points.activations and ("/res/Add", 1) not in points.activations

@@ -21,7 +21,7 @@ from vqz_edge.bundle import BundleOptions, create_bundle
 from vqz_edge.calib import CalibrationOptions, calibrate
 from vqz_edge.calib.cache import CalibrationCache, cache_bytes
 from vqz_edge.calib.qdq import insert_qdq
-from vqz_edge.policy.resolve import resolve_spec
+from vqz_edge.policy.resolve import resolve_plan
 
 GOLDEN = {
     "cache_writer": "2941e337273af39fae333220398316207a530ed20b7fff1587d0dafbc383058d",
@@ -49,7 +49,7 @@ def test_cache_and_qdq_writers_pinned() -> None:
     amax = {"input": 3.0, "c": 2.5, "r": 2.25, "p": 1.125, "f": 1.125}
     _check("cache_writer", cache_bytes(CalibrationCache.from_amax(amax, 100300)))
     model = tiny_model(0)
-    qdq, _ = insert_qdq(model, amax, resolve_spec(model, model_name="tiny", onnx_sha256="", preset="none").plan)
+    qdq, _ = insert_qdq(model, amax, resolve_plan(model, model_name="tiny", onnx_sha256="", preset="none").plan)
     _check("qdq_writer", qdq.SerializeToString(deterministic=True))
 
 

@@ -24,7 +24,7 @@ from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
 from ..onnx_io import check_spec_inputs, graph_inputs, load_model, require_finite_weights
 from ..policy.plan import ResolvedPlan
-from ..policy.resolve import Resolution, resolve_spec
+from ..policy.resolve import Resolution, resolve_plan
 from ..progress import ProgressFactory
 from ..spec import InputSpec, PrecisionRule
 from ..versions import parse_trt_version
@@ -187,7 +187,7 @@ def calibrate(
     onnx_sha = sha256_bytes(model_bytes)
     name = model_name or model_path.parent.name or model_path.stem
     # resolve the plan first: a bad rule fails before any expensive work
-    resolution = resolve_spec(model, model_name=name, onnx_sha256=onnx_sha, rules=rules, preset=preset,
+    resolution = resolve_plan(model, model_name=name, onnx_sha256=onnx_sha, rules=rules, preset=preset,
                               default=default_precision)
 
     t0 = time.perf_counter()

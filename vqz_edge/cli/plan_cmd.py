@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..fsutil import atomic_write_json, sha256_file
 from ..onnx_io import check_spec_inputs, load_model
-from ..policy import resolve_spec
+from ..policy import resolve_plan
 from ..spec import Spec, load_spec
 from . import COMMANDS, emit_json, options
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     onnx_path = onnx_for_spec(spec, args.onnx)
     model = load_model(onnx_path)
     check_spec_inputs(spec.inputs, model, str(onnx_path), args.spec)
-    res = resolve_spec(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
+    res = resolve_plan(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
                        rules=spec.precision.rules, preset=spec.precision.preset, default=spec.precision.default)
     out = args.output or Path("calibration") / spec.model.name / "plan.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import onnx
 
 from ..spec import PrecisionRule
 from ..vocab import PRESETS
-from .resolve import _initializers, is_quantizable
+from .graph import initializer_names, is_quantizable
 
 QK_NAME = re.compile(r"(?:^|[/._])(query|key|q_proj|k_proj|to_q|to_k|wq|wk)(?:$|[/._])", re.IGNORECASE)
 
@@ -42,7 +42,7 @@ PASS_THROUGH = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Iden
 
 def final_head(model: onnx.ModelProto) -> list[str]:
     """Quantizable layers reached walking back from each graph output through non-quantizable nodes."""
-    inits = _initializers(model)
+    inits = initializer_names(model)
     producers = _producers(model)
     found: list[str] = []
     seen: set[str] = set()
@@ -113,7 +113,7 @@ def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], inits: s
 
 def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """node name -> (precision, why) for the vit preset."""
-    inits = _initializers(model)
+    inits = initializer_names(model)
     out: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
         if node.op_type == "Softmax":

@@ -33,7 +33,7 @@ from onnx import numpy_helper
 from ..calib.histogram import AbsHistogram
 from ..calib.qdq import weight_axis
 from ..calib.thresholds import percentile_amax
-from ..policy.resolve import is_quantizable
+from ..policy.graph import is_quantizable
 from .units import quantized_inputs
 
 COARSE_BINS = 32

@@ -36,7 +36,7 @@ from ..fsutil import canonical_json, check_output_dir, sha256_file, write_set
 from ..log import get_logger
 from ..onnx_io import graph_inputs, load_model
 from ..policy.plan import ResolvedPlan
-from ..policy.resolve import resolve_spec
+from ..policy.resolve import resolve_plan
 from ..progress import ProgressFactory
 from ..spec import PrecisionRule
 from .diagnostics import diagnose
@@ -190,7 +190,7 @@ def analyze(
     if method is not None:
         amax = {n: compute_amax(h, method, percentile) for n, h in sorted(cal.histograms.items())}
     name = model_path.parent.name if model_path.stem == "model" else model_path.stem
-    base = resolve_spec(model, model_name=name, onnx_sha256=sha, rules=rules, preset=preset).plan
+    base = resolve_plan(model, model_name=name, onnx_sha256=sha, rules=rules, preset=preset).plan
     infos = graph_inputs(model)
     if len(infos) != 1:
         raise InputError(f"{model_path}: the sensitivity command feeds single-input image models; inputs are "

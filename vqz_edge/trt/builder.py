@@ -492,7 +492,9 @@ def load_plan(req: BuildRequest, calib_dir: Path, onnx_fp32: Path) -> tuple[Reso
     elif not onnx_fp32.is_file():
         return None, "none (no plan.json; the spec's precision rules are not applied)"
     else:
-        plan = resolve_plan(req.spec, load_model(onnx_fp32))
+        precision = req.spec.precision
+        plan = resolve_plan(load_model(onnx_fp32), precision.rules, model_name=req.spec.model.name, onnx_sha256="",
+                            preset=precision.preset, default=precision.default).plan
         source = "resolved from the spec's [precision] rules"
     if onnx_fp32.is_file() and plan.onnx_sha256 and plan.onnx_sha256 != sha256_file(onnx_fp32):
         raise InputError(
