@@ -16,7 +16,7 @@ from ..vlm.compare import compare_vlm
 from ..vlm.configs import SHIPPED, load_shipped, load_vlm_config
 from ..vlm.errors import AuditFailed
 from ..vlm.export import ONNX_FILE, VisionExportOptions, export_vision
-from ..vlm.memory import PlanOptions, plan_vlm
+from ..vlm.planner import PlanOptions, plan_vlm
 from ..vlm.run import RunOptions, run_vlm
 from ..vlm.table import fit_matrix, matrix_text, seed_rows, seed_table_text
 from ..vocab import BACKENDS
