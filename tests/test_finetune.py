@@ -223,10 +223,10 @@ def test_unsupported_op_and_short_data_are_errors(tiny: tuple) -> None:  # type:
         FinetuneOptions(lr=0)
 
 
-def test_cli_finetune_needs_a_target(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
+def test_cli_finetune_needs_a_goal(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
                 "--finetune", "-o", str(tmp_path / "s"))
-    assert r.returncode == 2 and "--finetune only apply with --target" in r.stderr
+    assert r.returncode == 2 and "--finetune only apply with --goal" in r.stderr
     assert not (tmp_path / "s").exists()
 
 
