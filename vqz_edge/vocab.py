@@ -42,3 +42,12 @@ def canonical_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
     return name
+
+# Calibration directory: calibration/<model>/ (README "Calibrate"; written as one set by calib/outputs.py and read
+# by the builder, bundles, memory estimates and sensitivity).
+ONNX_FILE = "model.onnx"
+QDQ_ONNX_FILE = "model.qdq.onnx"
+CACHE_FILE = "calibration.cache"
+PLAN_FILE = "plan.json"
+SUMMARY_FILE = "summary.json"
+HISTOGRAMS_FILE = "histograms.npz"

@@ -43,9 +43,9 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory, mobilenet_onnx: Path) -
     _cuda()
     from vqz_edge.device import read_gpu
     from vqz_edge.engine_manifest import build_manifest, write_engine_and_manifest
-    from vqz_edge.trt.builder import EngineConfig, build_engine
     from vqz_edge.trt.compat import import_tensorrt, runtime_version
     from vqz_edge.trt.constraints import BuildDecision, ProfileShapes
+    from vqz_edge.trt.engine import EngineConfig, build_engine
 
     version = runtime_version(import_tensorrt())
     weak = version.supports_weak_typing

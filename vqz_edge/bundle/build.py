@@ -21,6 +21,7 @@ from ..runtime import open_runner
 from ..spec import load_spec
 from ..targets import get_target
 from ..trt.builder import BuildRequest, run_build
+from ..vocab import ONNX_FILE
 from .errors import BundleIntegrityError
 from .journal import now_iso
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
@@ -150,8 +151,8 @@ def smoke_test(served: Path, backend: str, manifest: Manifest, bundle_dir: Path)
 
 def _build_onnxruntime(bundle_dir: Path, manifest: Manifest, out: Path, progress: ProgressFactory | None) -> dict[str, Any]:
     served = manifest.artifact("qdq_onnx") or manifest.artifacts["onnx"]
-    _copy_with_progress(bundle_dir / served, out / "model.onnx", progress)
-    return {"served": "model.onnx", "source": served, "mode": "explicit" if served.endswith(".qdq.onnx") else "fp32"}
+    _copy_with_progress(bundle_dir / served, out / ONNX_FILE, progress)
+    return {"served": ONNX_FILE, "source": served, "mode": "explicit" if served.endswith(".qdq.onnx") else "fp32"}
 
 
 def _build_tensorrt(bundle_dir: Path, manifest: Manifest, out: Path, device: DeviceInfo,

@@ -29,6 +29,7 @@ from ..progress import ProgressFactory, make_bar
 from ..spec import load_spec
 from ..targets import get_target, jetpack_info, jetpack_table
 from ..versions import parse_trt_version
+from ..vocab import CACHE_FILE, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE
 from .manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -141,7 +142,7 @@ def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) ->
         )
     code = parse_trt_version(trt_version).code
     info: dict[str, Any] = {
-        "file": "calibration.cache",
+        "file": CACHE_FILE,
         "trt_version": trt_version,
         "header": f"TRT-{code}-{cache.algorithm}",
         "tensors": len(cache.scales),
@@ -224,7 +225,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
 
         private_key = load_private_key(options.sign_key)  # fail before the heavy work
     cal = Path(options.calibration_dir) if options.calibration_dir else Path("calibration") / spec.model.name
-    onnx_path = cal / "model.onnx"
+    onnx_path = cal / ONNX_FILE
     if not onnx_path.is_file():
         raise InputError(
             f"{onnx_path} does not exist",
@@ -233,15 +234,15 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
     model = load_model(onnx_path)
     check_spec_inputs(spec.inputs, model, str(onnx_path), spec_path)
     # the calibration outputs must be one run's set, made for this model.onnx (plan.json has its own stamp)
-    check_calibration_set(cal, used=("calibration.cache", "model.qdq.onnx"), model_sha256=sha256_file(onnx_path))
+    check_calibration_set(cal, used=(CACHE_FILE, QDQ_ONNX_FILE), model_sha256=sha256_file(onnx_path))
     notes: list[str] = []
     bar = make_bar(progress, "bundle (steps)", 6)
     try:
         comp, rows = _compatibility(target, options.jetpack, options.targets_files)
-        entries: dict[str, Source] = {"model.onnx": onnx_path}
-        artifacts: dict[str, str] = {"onnx": "model.onnx"}
-        hashes: dict[str, str] = {"model.onnx": sha256_file(onnx_path)}
-        qdq = cal / "model.qdq.onnx"
+        entries: dict[str, Source] = {ONNX_FILE: onnx_path}
+        artifacts: dict[str, str] = {"onnx": ONNX_FILE}
+        hashes: dict[str, str] = {ONNX_FILE: sha256_file(onnx_path)}
+        qdq = cal / QDQ_ONNX_FILE
         if qdq.is_file():
             q = load_model(qdq)
             if ([(i.name, i.shape) for i in graph_inputs(q)] != [(i.name, i.shape) for i in graph_inputs(model)]
@@ -251,14 +252,14 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
                     f"{[o.name for o in graph_outputs(q)]} are not those of {onnx_path}",
                     hint="calibrate this model.onnx (vqz-edge calibrate) so the cache, Q/DQ model and plan match it",
                 )
-            entries["model.qdq.onnx"] = qdq
-            artifacts["qdq_onnx"] = "model.qdq.onnx"
-            hashes["model.qdq.onnx"] = sha256_file(qdq)
+            entries[QDQ_ONNX_FILE] = qdq
+            artifacts["qdq_onnx"] = QDQ_ONNX_FILE
+            hashes[QDQ_ONNX_FILE] = sha256_file(qdq)
         cache_info = None
-        if (cal / "calibration.cache").is_file():
-            data, cache_info = _stamped_cache(cal / "calibration.cache", target.default_trt_version, model, onnx_path)
-            entries["calibration.cache"] = data
-            artifacts["calibration_cache"] = "calibration.cache"
+        if (cal / CACHE_FILE).is_file():
+            data, cache_info = _stamped_cache(cal / CACHE_FILE, target.default_trt_version, model, onnx_path)
+            entries[CACHE_FILE] = data
+            artifacts["calibration_cache"] = CACHE_FILE
             if cache_info["restamped_from"] is not None:
                 notes.append(
                     f"calibration cache header restamped from TRT-{cache_info['restamped_from']} to "
@@ -275,10 +276,10 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
                 )
         if "implicit" not in modes and "explicit" not in modes:
             notes.append("no calibration.cache and no model.qdq.onnx: the device can only build FP16")
-        plan_file = cal / "plan.json"
+        plan_file = cal / PLAN_FILE
         if plan_file.is_file():
-            entries["plan.json"] = _check_plan(plan_file, hashes["model.onnx"])
-            artifacts["plan"] = "plan.json"
+            entries[PLAN_FILE] = _check_plan(plan_file, hashes[ONNX_FILE])
+            artifacts["plan"] = PLAN_FILE
         else:
             notes.append(f"no {plan_file}: the device build gets no per-layer precision constraints")
         entries["spec.toml"] = spec_path.read_bytes()
@@ -306,7 +307,7 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         out_names = [o.name for o in session(onnx_path, optimize=False).get_outputs()]
         reference = run_batched(ref_run, inputs, batch, out_names)
         bar.update(1)
-        served = "model.qdq.onnx" if "qdq_onnx" in artifacts else "model.onnx"
+        served = QDQ_ONNX_FILE if "qdq_onnx" in artifacts else ONNX_FILE
         got = run_batched(ort_run_fn(cal / served), inputs, batch, out_names)
         measured = compare(got, reference, 1.0, batch)
         if options.min_cosine is None:

@@ -54,7 +54,7 @@ from ..errors import (
 from ..log import get_logger
 from ..progress import ProgressFactory
 from ..trt.compat import tensorrt_version
-from ..vocab import BACKENDS
+from ..vocab import BACKENDS, ONNX_FILE
 from .admission import check_downgrade, check_memory, check_range, check_target, resolve_backend
 from .build import build_and_verify, check_extracted, release_problems, smoke_test, verify_kept_bundle
 from .errors import BundleIntegrityError, InstallRefusedError
@@ -434,7 +434,7 @@ def rollback(root_dir: Path, options: InstallOptions = InstallOptions(), *,
                 notes.append(f"the previous build is damaged ({'; '.join(damaged)}): rebuilding it")
             if kept_info is not None and not damaged:
                 info = kept_info
-                served = build / info.get("served", "model.onnx") if backend == "onnxruntime" else build
+                served = build / info.get("served", ONNX_FILE) if backend == "onnxruntime" else build
                 smoke = smoke_test(served, backend, m, bundle_dir)
                 if not smoke.passed:
                     raise VerificationError(

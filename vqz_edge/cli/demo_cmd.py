@@ -21,7 +21,7 @@ from ..memory.estimate import estimate_onnx
 from ..onnx_io import graph_inputs, load_model
 from ..progress import tqdm_factory
 from ..targets import list_targets
-from ..vocab import CALIBRATION_METHODS
+from ..vocab import CALIBRATION_METHODS, ONNX_FILE
 from . import COMMANDS, emit_json, options
 from .evaluate_cmd import format_fidelity
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"model": DEMO_MODEL, "artifacts": str(outdir)}
     say(f"vqz-edge demo: {DEMO_MODEL} (torchvision ImageNet weights) on real photos shipped with scikit-image")
 
-    model_path = outdir / "model.onnx"
+    model_path = outdir / ONNX_FILE
     exp = export_model(DEMO_MODEL, model_path, ExportOptions(weights=mobilenet_weights()))
     summary["export"] = exp.to_dict()
     say(f"[1/4 export]    {model_path}: BatchNormalization {exp.batchnorm_before} -> {exp.batchnorm_after}, "

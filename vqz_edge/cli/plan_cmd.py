@@ -11,6 +11,7 @@ from ..fsutil import atomic_write_json, sha256_file
 from ..onnx_io import check_spec_inputs, load_model
 from ..policy import resolve_plan
 from ..spec import Spec, load_spec
+from ..vocab import ONNX_FILE, PLAN_FILE
 from . import COMMANDS, emit_json, options
 
 
@@ -35,7 +36,7 @@ def onnx_for_spec(spec: Spec, explicit: Path | None) -> Path:
         return explicit
     if spec.model.source.lower().endswith(".onnx"):
         return spec.resolve_path(spec.model.source)
-    path = Path("calibration") / spec.model.name / "model.onnx"
+    path = Path("calibration") / spec.model.name / ONNX_FILE
     if not path.is_file():
         raise InputError(
             f"no ONNX for model {spec.model.name!r}: {path} does not exist",
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     check_spec_inputs(spec.inputs, model, str(onnx_path), args.spec)
     res = resolve_plan(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
                        rules=spec.precision.rules, preset=spec.precision.preset, default=spec.precision.default)
-    out = args.output or Path("calibration") / spec.model.name / "plan.json"
+    out = args.output or Path("calibration") / spec.model.name / PLAN_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res.plan.to_dict())
     counts = Counter(layer.precision for layer in res.plan.layers if layer.quantizable)

@@ -37,7 +37,7 @@ from ..log import get_logger
 from ..onnx_io import check_spec_inputs, load_model
 from ..policy.plan import ResolvedPlan
 from ..spec import load_spec
-from ..vocab import ENGINE_SUFFIXES
+from ..vocab import ENGINE_SUFFIXES, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE
 from .budget import MIB, MemoryItem
 
 _log = get_logger(__name__)
@@ -306,7 +306,7 @@ def onnx_for_spec(spec: Any, *, search_roots: Sequence[Path] = ()) -> tuple[Path
         roots.append(Path(spec.path).parent)
     plan: Path | None = None
     for root in roots:
-        p = root / "calibration" / name / "plan.json"
+        p = root / "calibration" / name / PLAN_FILE
         if p.is_file():
             plan = p
             break
@@ -315,7 +315,7 @@ def onnx_for_spec(spec: Any, *, search_roots: Sequence[Path] = ()) -> tuple[Path
         if p.is_file():
             return p, plan
     for root in roots:
-        for fname in ("model.qdq.onnx", "model.onnx"):
+        for fname in (QDQ_ONNX_FILE, ONNX_FILE):
             p = root / "calibration" / name / fname
             if p.is_file():
                 return p, plan

@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..fsutil import canonical_json, sha256_bytes
 from ..policy.plan import ResolvedPlan
 from ..versions import TrtVersion
-from ..vocab import CLI_BUILD_MODES
+from ..vocab import CLI_BUILD_MODES, ONNX_FILE, QDQ_ONNX_FILE
 
 PRECISION_CONSTRAINTS = ("obey", "prefer")
 FLOAT_DTYPES = ("float32", "float16")
@@ -103,7 +103,7 @@ class BuildDecision:
 
     @property
     def onnx_name(self) -> str:
-        return "model.qdq.onnx" if self.mode == "explicit" else "model.onnx"
+        return QDQ_ONNX_FILE if self.mode == "explicit" else ONNX_FILE
 
 
 def decide_build(

@@ -42,6 +42,7 @@ from ..log import get_logger
 from ..onnx_io import count_ops, graph_inputs, graph_outputs
 from ..policy.plan import LayerDecision, ResolvedPlan
 from ..progress import ProgressFactory, make_bar
+from ..vocab import PLAN_FILE
 from .configs import VlmConfig, load_vlm_config
 from .gguf_export import GgufResult, gguf_file_name, require_gguf_model, write_llm_gguf
 from .params import VISION_SIDE, component_of
@@ -58,7 +59,6 @@ EXPORT_VERSION = 1
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ONNX_FILE = "vision.onnx"
-PLAN_FILE = "plan.json"
 MANIFEST_FILE = "vlm_export.json"
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LLM_FORMATS = ("bnb", "gguf")
