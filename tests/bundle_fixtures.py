@@ -82,7 +82,7 @@ def tiny_model(seed: int = 0, *, qdq: bool = False) -> onnx.ModelProto:
 
 def make_calibration_dir(root: Path, seed: int = 0, *, with_plan: bool = True) -> tuple[Path, Path]:
     """(spec.toml, calibration dir) for the tiny model under ``root``."""
-    from vqz_edge.calib.cache import CalibrationCache, write_cache
+    from vqz_edge.artifacts.calib_cache import CalibrationCache, write_cache
     from vqz_edge.fsutil import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)

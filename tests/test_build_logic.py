@@ -18,10 +18,8 @@ import onnx
 import pytest
 
 from tests.conftest import run_cli
-from vqz_edge.calib.cache import CalibrationCache, cache_bytes, parse_cache
-from vqz_edge.calib.collect import calibration_tensors
-from vqz_edge.device import parse_jetpack_package_version, parse_l4t, read_l4t
-from vqz_edge.engine_manifest import (
+from vqz_edge.artifacts.calib_cache import CalibrationCache, cache_bytes, parse_cache
+from vqz_edge.artifacts.engine_manifest import (
     ENGINE_FILE,
     MANIFEST_NAME,
     build_manifest,
@@ -30,9 +28,11 @@ from vqz_edge.engine_manifest import (
     up_to_date,
     write_engine_and_manifest,
 )
+from vqz_edge.artifacts.plan import LayerDecision, ResolvedPlan
+from vqz_edge.calib.collect import calibration_tensors
+from vqz_edge.device import parse_jetpack_package_version, parse_l4t, read_l4t
 from vqz_edge.errors import DependencyError, EngineBuildError, InputError
 from vqz_edge.fsutil import sha256_file
-from vqz_edge.policy.plan import LayerDecision, ResolvedPlan
 from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.spec import PrecisionRule
 from vqz_edge.targets import get_target

@@ -13,8 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
 from vqz_edge import ort as ortu
-from vqz_edge.calib import CalibrationOptions, calibrate
-from vqz_edge.calib.cache import (
+from vqz_edge.artifacts.calib_cache import (
     CalibrationCache,
     cache_bytes,
     check_cache,
@@ -22,6 +21,7 @@ from vqz_edge.calib.cache import (
     read_cache,
     write_cache,
 )
+from vqz_edge.calib import CalibrationOptions, calibrate
 from vqz_edge.calib.collect import calibration_tensors
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.errors import DataError, InputError

@@ -242,7 +242,7 @@ def test_orphans_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path)
 def test_a_set_interrupted_between_renames_is_refused_on_read(world: dict[str, Path], tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """kill -9 between the renames of a calibration set: the new cache sits beside the old summary; readers refuse."""
-    from vqz_edge.calib.outputs import check_calibration_set
+    from vqz_edge.artifacts.calib_dir import check_calibration_set
 
     out = tmp_path / "cal"
     _previous_calibration(world, tmp_path / "w")

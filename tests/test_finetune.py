@@ -13,12 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
 from vqz_edge import ort as ortu
+from vqz_edge.artifacts.plan import ResolvedPlan
 from vqz_edge.calib.evaluate import row_cosine
 from vqz_edge.calib.finetune import FinetuneOptions, _Interpreter, _rebatch, finetune, quant_points
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.data.images import Preprocessing, demo_crops
 from vqz_edge.errors import CalibrationError
-from vqz_edge.policy.plan import ResolvedPlan
 from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.sensitivity import load_calibration
 from vqz_edge.sensitivity.evaluator import Metrics, _Accumulator
@@ -310,7 +310,7 @@ def test_cli_calibrate_finetune_is_deterministic_and_consistent(tmp_path: Path, 
     ft = summary["finetune"]
     assert ft["options"]["samples"] == 32 and ft["history"][-1]["samples"] == 32
     # calibration.finetuned.cache holds the trained ranges; calibration.cache the original model's thresholds
-    from vqz_edge.calib.cache import read_cache
+    from vqz_edge.artifacts.calib_cache import read_cache
 
     tuned_cache = read_cache(outs[0] / "calibration.finetuned.cache")
     cache = read_cache(outs[0] / "calibration.cache")

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.bundle_fixtures import make_calibration_dir, tiny_model
+from vqz_edge.artifacts.calib_cache import CalibrationCache, cache_bytes
 from vqz_edge.bundle import BundleOptions, create_bundle
 from vqz_edge.calib import CalibrationOptions, calibrate
-from vqz_edge.calib.cache import CalibrationCache, cache_bytes
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.policy.resolve import resolve_plan
 

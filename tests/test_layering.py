@@ -55,8 +55,14 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
     return found
 
 
+CHILDREN = {p.stem for p in ROOT.glob("*.py")} | {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+
+
 def _package(module: str) -> str:
-    return ".".join(module.split(".")[:2])
+    """The direct child of vqz_edge that ``module`` belongs to (``vqz_edge`` itself for a name such as
+    ``vqz_edge.__version__``)."""
+    parts = module.split(".")
+    return f"vqz_edge.{parts[1]}" if len(parts) > 1 and parts[1] in CHILDREN else "vqz_edge"
 
 
 SOURCES = sorted(ROOT.rglob("*.py"))
@@ -96,6 +102,45 @@ def test_no_import_cycle_between_packages() -> None:
     for start in sorted(graph):
         walk(start, [start])
     assert cycles == [], "import cycles between packages:\n" + "\n".join(sorted(set(cycles)))
+
+
+# The layout, bottom up: a package imports only packages of lower layers (down the pipeline), never one of its own
+# layer or above. A new package must be placed here.
+LAYERS = {
+    # the core: errors and logging, then the vocabulary, TensorRT versions, file helpers, progress
+    "vqz_edge": 0, "errors": 0, "log": 0,
+    "vocab": 1, "versions": 1, "fsutil": 1, "progress": 1,
+    # on-disk artifacts (cache, calibration directory, plan, engine manifest), ONNX and data I/O, the target catalog
+    "artifacts": 2, "onnx_io": 2, "ort": 2, "data": 2, "targets": 2, "demo": 2,
+    # the build spec; the device facts (one module) and the 4-bit kernel check
+    "spec": 3, "device": 3, "nf4check": 3,
+    # the stages, in pipeline order
+    "export": 4, "policy": 5, "calib": 6, "sensitivity": 7, "report": 8, "trt": 9, "memory": 9, "runtime": 10,
+    "vlm": 11, "bundle": 11, "fleet": 12,
+    # the command line
+    "cli": 13, "__main__": 14,
+}
+
+
+def test_every_import_points_down_the_pipeline() -> None:
+    packages = {_package(_module_name(p)).split(".")[-1] for p in SOURCES}
+    assert packages <= set(LAYERS), f"place the new package(s) in LAYERS: {sorted(packages - set(LAYERS))}"
+    up = set()
+    for p in SOURCES:
+        a = _package(_module_name(p)).split(".")[-1]
+        for target, line, _ in _imports(p):
+            b = _package(target).split(".")[-1]
+            if b != a and b != "vqz_edge" and LAYERS[b] >= LAYERS[a]:
+                up.add(f"{p.relative_to(ROOT.parent)}:{line}: {a} (layer {LAYERS[a]}) imports {b} (layer {LAYERS[b]})")
+    assert sorted(up) == [], "\n".join(sorted(up))
+
+
+def test_the_artifacts_import_only_the_core() -> None:
+    for p in (ROOT / "artifacts").glob("*.py"):
+        if p.name == "__init__.py":
+            continue
+        used = {_package(t).split(".")[-1] for t, _, _ in _imports(p)} - {"artifacts"}
+        assert used and all(LAYERS[u] <= 1 for u in used), (p.name, sorted(used))
 
 
 def test_dispatch_table_names_every_command_module() -> None:

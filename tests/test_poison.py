@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.bundle_fixtures import SPEC, make_calibration_dir, tiny_model
-from vqz_edge.calib.cache import CalibrationCache, write_cache
+from vqz_edge.artifacts.calib_cache import CalibrationCache, write_cache
 from vqz_edge.cli import main
 
 

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from vqz_edge.engine_manifest import EngineMismatchError, ManifestError, load_manifest, verify_manifest
+from vqz_edge.artifacts.engine_manifest import (
+    EngineMismatchError,
+    ManifestError,
+    load_manifest,
+    verify_manifest,
+)
 from vqz_edge.errors import DependencyError, InputError
 from vqz_edge.memory import BudgetError
 from vqz_edge.runtime import open_runner

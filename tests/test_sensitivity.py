@@ -323,7 +323,7 @@ def test_threshold_refinement_never_worsens_the_calibration_loss(mobilenet_onnx:
 
 
 def test_rechosen_thresholds_are_written_as_a_cache(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
-    from vqz_edge.calib.cache import read_cache
+    from vqz_edge.artifacts.calib_cache import read_cache
     from vqz_edge.calib.thresholds import compute_amax
     from vqz_edge.sensitivity import cache_version, write_outputs
 

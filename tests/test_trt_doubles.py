@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.bundle_fixtures import NV_TEGRA_60, NV_TEGRA_61, fake_jetson, make_calibration_dir
 from tests.doubles import TRT_KEYS, DoubleHandles, install_doubles, trt_double
-from vqz_edge.calib.cache import CalibrationCache, write_cache
-from vqz_edge.engine_manifest import load_manifest
+from vqz_edge.artifacts.calib_cache import CalibrationCache, write_cache
+from vqz_edge.artifacts.engine_manifest import load_manifest
 from vqz_edge.errors import DependencyError, EngineBuildError
 from vqz_edge.spec import load_spec
 from vqz_edge.targets import get_target
@@ -233,8 +233,8 @@ def test_defect2_trt10_parser_needs_registered_plugins(tmp_path: Path, monkeypat
 
 
 def _write_engine_dir(d: Path, built: Any, mode: str, dla_core: int | None = None) -> Path:
+    from vqz_edge.artifacts.engine_manifest import build_manifest, write_engine_and_manifest
     from vqz_edge.device import read_gpu
-    from vqz_edge.engine_manifest import build_manifest, write_engine_and_manifest
 
     gpu = read_gpu()
     assert gpu is not None

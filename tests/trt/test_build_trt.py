@@ -157,7 +157,7 @@ def test_fp16_engine(workdir: Path) -> None:
 def test_int8_implicit_from_offline_cache(workdir: Path) -> None:
     import tensorrt
 
-    from vqz_edge.calib.cache import read_cache
+    from vqz_edge.artifacts.calib_cache import read_cache
     from vqz_edge.versions import parse_trt_version
 
     version = parse_trt_version(str(tensorrt.__version__))

@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..calib.cache import cache_bytes, read_cache
+from ..artifacts.calib_cache import cache_bytes, read_cache
+from ..artifacts.calib_dir import check_calibration_set
+from ..artifacts.plan import ResolvedPlan
 from ..calib.datasource import open_data
-from ..calib.outputs import check_calibration_set
 from ..errors import InputError, VerificationError
 from ..fsutil import atomic_path, check_output_path, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..onnx_io import TensorInfo, check_spec_inputs, graph_inputs, graph_outputs, load_model
 from ..ort import session
-from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from ..spec import load_spec
 from ..targets import get_target, jetpack_info, jetpack_table

@@ -26,10 +26,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import ort as ortu
+from ..artifacts.plan import ResolvedPlan
 from ..errors import CalibrationError, DependencyError, InputError
 from ..log import get_logger
 from ..onnx_io import TensorInfo, graph_inputs
-from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from .collect import model_memory
 from .datasource import DataSource, open_data

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.engine_manifest import load_manifest
 from ..device import read_live_memory
-from ..engine_manifest import load_manifest
 from ..errors import InputError
 from ..memory import DEFAULT_MARGIN_FRACTION, MIB, check_budget
 from ..memory.estimate import estimate_path, resident_item

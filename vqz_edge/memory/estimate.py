@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..engine_manifest import MANIFEST_NAME, load_manifest
+from ..artifacts.engine_manifest import MANIFEST_NAME, load_manifest
+from ..artifacts.plan import ResolvedPlan
 from ..errors import InputError, ModelLoadError
 from ..log import get_logger
 from ..onnx_io import check_spec_inputs, load_model
-from ..policy.plan import ResolvedPlan
 from ..spec import load_spec
 from ..vocab import ENGINE_SUFFIXES, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE
 from .budget import MIB, MemoryItem
@@ -226,7 +226,7 @@ def estimate_onnx(
 ) -> Estimate:
     """Items for an ONNX model that has no engine yet (see module docstring for the method).
 
-    ``plan`` is a :class:`vqz_edge.policy.plan.ResolvedPlan` (node name -> precision); ``spec`` a
+    ``plan`` is a :class:`vqz_edge.artifacts.plan.ResolvedPlan` (node name -> precision); ``spec`` a
     :class:`vqz_edge.spec.Spec` whose [[inputs]] must describe the model (checked first).
     """
     if precision not in PRECISIONS:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from .plan import PLAN_VERSION, LayerDecision, ResolvedPlan
+from ..artifacts.plan import PLAN_VERSION, LayerDecision, ResolvedPlan
 from .resolve import Resolution, resolve, resolve_plan, resolve_spec
 
 __all__ = ["PLAN_VERSION", "LayerDecision", "Resolution", "ResolvedPlan", "resolve", "resolve_plan", "resolve_spec"]

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..errors import SpecError
 from ..spec import PrecisionRule
 from .graph import initializer_names, is_quantizable
-from .plan import LayerDecision, ResolvedPlan
 from .presets import preset_rules
 
 

@@ -5,7 +5,7 @@
         out = r.run({"input": x})
 
 Nothing here imports tensorrt, pycuda or onnxruntime at import time. The engine manifest it verifies is
-:mod:`vqz_edge.engine_manifest`.
+:mod:`vqz_edge.artifacts.engine_manifest`.
 """
 
 from ..vocab import BACKENDS

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..artifacts.engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
 from ..device import read_live_memory
-from ..engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
 from ..errors import InputError, require_file
 from ..log import get_logger
 from ..memory.budget import (

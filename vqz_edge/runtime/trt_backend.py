@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..artifacts.engine_manifest import EngineManifest, verify_manifest
 from ..device import GpuInfo, gpu_from_device, import_pycuda, read_live_memory
-from ..engine_manifest import EngineManifest, verify_manifest
 from ..errors import DeviceRuntimeError, InputError
 from ..log import get_logger
 from ..trt.callbacks import collect_errors, polygraphy

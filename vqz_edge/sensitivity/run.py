@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..artifacts.calib_cache import CalibrationCache, cache_bytes
+from ..artifacts.calib_dir import check_calibration_set
+from ..artifacts.plan import ResolvedPlan
 from ..calib import load_histograms
-from ..calib.cache import CalibrationCache, cache_bytes
 from ..calib.collect import model_memory
 from ..calib.datasource import DataSource, open_data
 from ..calib.finetune import FinetuneOptions, finetune_on_data
@@ -27,7 +29,6 @@ from ..calib.memory import (
     fit_batch,
     fmt_bytes,
 )
-from ..calib.outputs import check_calibration_set
 from ..calib.qdq import insert_qdq
 from ..calib.thresholds import compute_amax
 from ..data.images import demo_sources, folder_sources
@@ -35,7 +36,6 @@ from ..errors import InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_file, write_set
 from ..log import get_logger
 from ..onnx_io import graph_inputs, load_model
-from ..policy.plan import ResolvedPlan
 from ..policy.resolve import resolve_plan
 from ..progress import ProgressFactory
 from ..spec import PrecisionRule

@@ -28,8 +28,8 @@ from typing import Any
 
 import onnx
 
+from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..log import get_logger
-from ..policy.plan import LayerDecision, ResolvedPlan
 from ..policy.resolve import Resolution, resolve_plan
 from ..progress import ProgressFactory, make_bar
 from ..spec import PrecisionRule

@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
+from ..artifacts.engine_manifest import (
+    build_manifest,
+    engine_dir,
+    up_to_date,
+    utc_now,
+    write_engine_and_manifest,
+)
+from ..artifacts.plan import ResolvedPlan
 from ..device import host_name, read_jetpack, read_l4t
-from ..engine_manifest import build_manifest, engine_dir, up_to_date, utc_now, write_engine_and_manifest
 from ..errors import InputError
 from ..fsutil import canonical_json, file_lock, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..onnx_io import load_model
 from ..policy import resolve_plan
-from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory
 from ..vocab import CACHE_FILE, ENGINE_FILE, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE, TIMING_CACHE_FILE
 from .calibrator import spec_batches

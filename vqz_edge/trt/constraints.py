@@ -17,9 +17,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..artifacts.plan import ResolvedPlan
 from ..errors import InputError
 from ..fsutil import canonical_json, sha256_bytes
-from ..policy.plan import ResolvedPlan
 from ..versions import TrtVersion
 from ..vocab import CLI_BUILD_MODES, ONNX_FILE, QDQ_ONNX_FILE
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..calib.cache import parse_cache
+from ..artifacts.calib_cache import parse_cache
+from ..artifacts.plan import ResolvedPlan
 from ..device import GpuInfo, read_gpu
 from ..errors import DependencyError, EngineBuildError, InputError
 from ..log import get_logger
-from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory
 from ..versions import TrtVersion
 from ..vocab import CACHE_FILE

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
+from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..data.images import Preprocessing, demo_crops
 from ..errors import ExportError, InputError, VerificationError
 from ..export.onnx_passes import remove_batchnorm
@@ -40,7 +41,6 @@ from ..export.torch_side import export_onnx
 from ..fsutil import atomic_path, atomic_write_json, sha256_file
 from ..log import get_logger
 from ..onnx_io import count_ops, graph_inputs, graph_outputs
-from ..policy.plan import LayerDecision, ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from ..vocab import PLAN_FILE
 from .configs import VlmConfig, load_vlm_config
