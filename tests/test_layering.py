@@ -75,11 +75,19 @@ def test_the_scan_sees_the_package() -> None:
     assert ("vqz_edge.bundle", "vqz_edge.trt") in edges and ("vqz_edge.runtime", "vqz_edge.memory") in edges
 
 
-def test_no_function_level_import_between_packages() -> None:
+# The one vqz_edge import left inside a function: the numba kernel, compiled on first use, so that the calib
+# package (and everything that imports it) loads without numba.
+LAZY = {("vqz_edge.calib.histogram", "vqz_edge.calib._kernels")}
+
+
+def test_no_function_level_import_of_vqz_edge_code() -> None:
+    # between packages (the rule) and inside a package too: no import placed in a function to dodge a loop
     bad = [f"{p.relative_to(ROOT.parent)}:{line} imports {target} inside a function"
            for p in SOURCES for target, line, in_function in _imports(p)
-           if in_function and _package(target) != _package(_module_name(p))]
+           if in_function and (_module_name(p), target) not in LAZY]
     assert bad == [], "\n".join(bad)
+    found = {(_module_name(p), t) for p in SOURCES for t, _, f in _imports(p) if f}
+    assert found == LAZY  # the scan sees function-level imports (and the allowance is not stale)
 
 
 def test_no_import_cycle_between_packages() -> None:
@@ -110,15 +118,17 @@ LAYERS = {
     # the core: errors and logging, then the vocabulary, TensorRT versions, file helpers, progress
     "vqz_edge": 0, "errors": 0, "log": 0,
     "vocab": 1, "versions": 1, "fsutil": 1, "progress": 1,
-    # on-disk artifacts (cache, calibration directory, plan, engine manifest), ONNX and data I/O, the target catalog
-    "artifacts": 2, "onnx_io": 2, "ort": 2, "data": 2, "targets": 2, "demo": 2,
+    # on-disk artifacts (cache, calibration directory, plan, engine manifest), ONNX I/O, the target catalog
+    "artifacts": 2, "onnx_io": 2, "ort": 2, "targets": 2, "demo": 2,
+    # data: photos, preprocessing and the data sources (folder, .npy, demo) every stage reads
+    "data": 3,
     # the build spec; the device facts (one module) and the 4-bit kernel check
-    "spec": 3, "device": 3, "nf4check": 3,
+    "spec": 4, "device": 4, "nf4check": 4,
     # the stages, in pipeline order
-    "export": 4, "policy": 5, "calib": 6, "sensitivity": 7, "report": 8, "trt": 9, "memory": 9, "runtime": 10,
-    "vlm": 11, "bundle": 11, "fleet": 12,
+    "export": 5, "policy": 6, "calib": 7, "sensitivity": 8, "report": 9, "trt": 10, "memory": 10, "runtime": 11,
+    "vlm": 12, "bundle": 12, "fleet": 13,
     # the command line
-    "cli": 13, "__main__": 14,
+    "cli": 14, "__main__": 15,
 }
 
 

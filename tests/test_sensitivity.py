@@ -13,10 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
-from vqz_edge.calib.datasource import open_data
 from vqz_edge.calib.evaluate import evaluate
 from vqz_edge.calib.histogram import AbsHistogram
 from vqz_edge.calib.qdq import insert_qdq
+from vqz_edge.data.source import open_data
 from vqz_edge.errors import InputError
 from vqz_edge.onnx_io import graph_inputs
 from vqz_edge.policy.resolve import resolve_plan

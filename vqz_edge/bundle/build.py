@@ -25,6 +25,7 @@ from ..vocab import ONNX_FILE
 from .errors import BundleIntegrityError
 from .journal import now_iso
 from .manifest import MANIFEST_NAME, Manifest, parse_manifest
+from .plan_header import check_plan_version
 from .smoke import SmokeResult, run_smoke
 from .store import COPY_CHUNK, RELEASE_FILE, InstallRoot, crash_point, fsync_dir, rmtree, write_json
 
@@ -161,8 +162,6 @@ def _build_tensorrt(bundle_dir: Path, manifest: Manifest, out: Path, device: Dev
     the bundle folder has the calibration-folder layout the builder reads (model.onnx, model.qdq.onnx,
     calibration.cache, plan.json). The builder checks the inspector precisions against the plan and
     writes nothing when a layer the plan keeps FP16/FP32 runs INT8."""
-    from .plan_header import check_plan_version
-
     spec = load_spec(bundle_dir / manifest.artifacts["spec"])
     target = get_target(manifest.target, targets_files)
     crash_point("mid_build")

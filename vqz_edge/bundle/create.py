@@ -19,7 +19,7 @@ from .. import __version__
 from ..artifacts.calib_cache import cache_bytes, read_cache
 from ..artifacts.calib_dir import check_calibration_set
 from ..artifacts.plan import ResolvedPlan
-from ..calib.datasource import open_data
+from ..data.source import open_data
 from ..errors import InputError, VerificationError
 from ..fsutil import atomic_path, check_output_path, sha256_bytes, sha256_file
 from ..log import get_logger
@@ -40,6 +40,7 @@ from .manifest import (
     TensorRef,
     version_tuple,
 )
+from .signing import load_private_key, private_key_id, sign_manifest
 from .smoke import compare, ort_run_fn, run_batched
 from .tarball import Source, write_tar
 
@@ -221,8 +222,6 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         )
     private_key = None
     if options.sign_key is not None:
-        from .signing import load_private_key
-
         private_key = load_private_key(options.sign_key)  # fail before the heavy work
     cal = Path(options.calibration_dir) if options.calibration_dir else Path("calibration") / spec.model.name
     onnx_path = cal / ONNX_FILE
@@ -379,8 +378,6 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         entries[MANIFEST_NAME] = manifest_bytes
         key_id = None
         if private_key is not None:
-            from .signing import private_key_id, sign_manifest
-
             entries[SIGNATURE_NAME] = sign_manifest(manifest_bytes, private_key)
             key_id = private_key_id(private_key)
         else:

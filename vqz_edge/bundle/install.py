@@ -59,7 +59,9 @@ from .admission import check_downgrade, check_memory, check_range, check_target,
 from .build import build_and_verify, check_extracted, release_problems, smoke_test, verify_kept_bundle
 from .errors import BundleIntegrityError, InstallRefusedError
 from .manifest import MANIFEST_NAME, Manifest
+from .plan_header import read_plan_header
 from .reader import VerifiedBundle, verify_bundle
+from .signing import load_public_key
 from .smoke import SmokeResult
 from .store import RELEASE_FILE, InstallRoot, crash_point, fsync_dir, history_entry, rmtree, same_release
 
@@ -227,8 +229,6 @@ def _after_switch(root: InstallRoot, build: Path) -> Iterator[None]:
 def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = InstallOptions(), *,
                    progress: ProgressFactory | None = None) -> InstallResult:
     """Install ``bundle`` into ``root_dir`` (see the module docstring for the order of steps)."""
-    from .signing import load_public_key
-
     bundle = Path(bundle)
     require_file(bundle, "bundle", hint="give the bundle .tar that 'vqz-edge bundle' wrote")
     public_key = load_public_key(options.public_key) if options.public_key else None
@@ -354,8 +354,6 @@ def refresh(root_dir: Path, options: InstallOptions = InstallOptions(), *,
             m = verify_kept_bundle(bundle_dir)
             engine_ok = True
             if backend == "tensorrt" and cur["backend"] == "tensorrt" and device.tensorrt:
-                from .plan_header import read_plan_header
-
                 header = read_plan_header(root.root / cur["release"] / "model.engine")
                 engine_ok = header.matches(device.tensorrt)
                 if not engine_ok:

@@ -22,6 +22,7 @@ from .. import __version__
 from ..artifacts.calib_cache import CalibrationCache, cache_bytes
 from ..artifacts.calib_dir import write_calibration_set
 from ..artifacts.plan import ResolvedPlan
+from ..data.source import DataSource, open_data
 from ..errors import CalibrationError, InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
@@ -32,7 +33,6 @@ from ..spec import InputSpec, PrecisionRule
 from ..versions import parse_trt_version
 from ..vocab import CALIBRATION_METHODS
 from .collect import calibration_tensors, collect
-from .datasource import DataSource, open_data
 from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
 from .memory import MemoryPlan

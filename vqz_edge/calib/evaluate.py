@@ -13,6 +13,7 @@ import onnx
 
 from .. import ort as ortu
 from ..data.images import demo_sources, folder_sources
+from ..data.source import open_data
 from ..errors import DataError, InputError, VerificationError, require_file
 from ..export.hf import HARD_NEGATIVES, SENTENCE_PAIRS, minilm_path, tokenize
 from ..onnx_io import graph_inputs, graph_outputs
@@ -315,8 +316,6 @@ def image_retrieval_data(spec: str | Path, model_input: Any, per_source: int = 1
                          batch: int = 32) -> tuple[list[dict[str, np.ndarray]], list[str], str]:
     """Crops of held-out photos labelled by source photo: ``per_source`` crops of every image file (the first
     is the whole photo, the others random regions and flips). 'demo' = the demo's evaluation split."""
-    from .datasource import open_data
-
     text = str(spec)
     sources = demo_sources("evaluation") if text == "demo" else folder_sources(Path(text))
     files = [s.name for s in sources for _ in s.paths]

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..calib import CalibrationOptions, calibrate
-from ..calib.datasource import open_data
 from ..calib.evaluate import evaluate
+from ..data.source import open_data
 from ..demo import DEMO_MODEL, mobilenet_weights
 from ..export import ExportOptions, export_model
 from ..fsutil import atomic_write_json

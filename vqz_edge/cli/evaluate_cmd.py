@@ -6,8 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from ..calib.datasource import open_data
 from ..calib.evaluate import evaluate, image_retrieval_data, retrieval_evaluate, text_retrieval_data
+from ..data.source import open_data
 from ..errors import InputError
 from ..fsutil import atomic_write_json, check_output_path
 from ..onnx_io import graph_inputs, load_model

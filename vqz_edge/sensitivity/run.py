@@ -18,7 +18,6 @@ from ..artifacts.calib_dir import check_calibration_set
 from ..artifacts.plan import ResolvedPlan
 from ..calib import load_histograms
 from ..calib.collect import model_memory
-from ..calib.datasource import DataSource, open_data
 from ..calib.finetune import FinetuneOptions, finetune_on_data
 from ..calib.histogram import AbsHistogram
 from ..calib.memory import (
@@ -32,6 +31,7 @@ from ..calib.memory import (
 from ..calib.qdq import insert_qdq
 from ..calib.thresholds import compute_amax
 from ..data.images import demo_sources, folder_sources
+from ..data.source import DataSource, open_data
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_file, write_set
 from ..log import get_logger
@@ -39,8 +39,10 @@ from ..onnx_io import graph_inputs, load_model
 from ..policy.resolve import resolve_plan
 from ..progress import ProgressFactory
 from ..spec import PrecisionRule
+from .costs import layer_costs
 from .diagnostics import diagnose
 from .evaluator import Evaluator, Metrics, Variant, evaluate_stream
+from .refine import refine_thresholds
 from .sweep import (
     AutoPlan,
     SensitivityResult,
@@ -51,6 +53,7 @@ from .sweep import (
     sweep,
     timed,
 )
+from .units import build_units
 
 _log = get_logger(__name__)
 
@@ -206,9 +209,6 @@ def analyze(
     if refine:
         done()
         done = timed(seconds, "refine")
-        from .refine import refine_thresholds
-        from .units import build_units
-
         spec = refine_data or _calibration_data(cal, "threshold refinement", "--refine-data")
         cal_src = open_data(spec, infos[0], count=refine_images, split="calibration")
         cal_eval = Evaluator(model, amax, list(cal_src.batches(batch_size)), output=output)
@@ -229,7 +229,6 @@ def analyze(
         by_tensor.setdefault(f.tensor, []).append(f.kind)
     for r in ranked:
         r.flags = tuple(sorted({k for t in (*r.unit.activations, *r.unit.weights) for k in by_tensor.get(t, [])}))
-    from .costs import layer_costs
 
     desc = f"{src.description.split('(')[0].strip()} (evaluation split): {evaluator.samples} samples for the sweep"
     result = SensitivityResult(

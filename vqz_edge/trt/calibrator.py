@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..calib.datasource import open_data
+from ..data.source import open_data
 from ..errors import DataError, DependencyError
 from ..fsutil import atomic_write_bytes
 from ..log import get_logger

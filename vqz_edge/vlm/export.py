@@ -43,6 +43,7 @@ from ..log import get_logger
 from ..onnx_io import count_ops, graph_inputs, graph_outputs
 from ..progress import ProgressFactory, make_bar
 from ..vocab import PLAN_FILE
+from .audit import load_model
 from .configs import VlmConfig, load_vlm_config
 from .gguf_export import GgufResult, gguf_file_name, require_gguf_model, write_llm_gguf
 from .params import VISION_SIDE, component_of
@@ -295,7 +296,6 @@ def export_vision(
     plan and the LLM's NF4 quantization config. ``model``: an already loaded model (tests)."""
     import torch
 
-    from .audit import load_model
 
     opts = opts or VisionExportOptions()
     t0 = time.perf_counter()
