@@ -10,7 +10,7 @@ from ..artifacts.engine_manifest import load_manifest
 from ..device import read_live_memory
 from ..errors import InputError
 from ..memory import DEFAULT_MARGIN_FRACTION, MIB, check_budget
-from ..memory.estimate import estimate_path, resident_item
+from ..memory.estimate import PRECISIONS, estimate_path, resident_item
 from ..runtime.loader import artifact_kind, device_target, host_target
 from ..spec import load_spec
 from ..targets import resolve_targets
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "catalog RAM minus the OS reserve")
     m = p.add_argument_group("model (estimates for spec/.onnx)")
     m.add_argument("--batch", type=options.positive_int, help="max batch to size activations and I/O for (default: spec max_shape, else 1)")
-    m.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto",
+    m.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="weight/activation precision for the estimate (auto: Q/DQ or plan -> int8, else the spec's "
                    "default, else fp16)")
     m.add_argument("--resident", action="append", default=[], metavar="NAME=SIZE|PATH",
