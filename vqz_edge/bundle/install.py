@@ -226,6 +226,20 @@ def _after_switch(root: InstallRoot, build: Path) -> Iterator[None]:
         ) from exc
 
 
+
+def _memory_notes(mem: dict[str, Any]) -> list[str]:
+    """One note per target of a memory check: its verdict, and whether it used live free memory or the catalog."""
+    return [f"memory: {r['verdict']}" + (" (free now)" if r["live"] else " (catalog)") for r in mem.values()]
+
+
+def _prune_and_record_done(root: InstallRoot, keep: int, op: str, kind: str, bundle_id: str, key: str,
+                           notes: list[str]) -> None:
+    """After a switch: prune old release folders (noted) and journal the operation as done."""
+    removed = root.prune(keep)
+    if removed:
+        notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
+    root.journal.append(op, kind, "done", bundle_id=bundle_id, device_key=key)
+
 def install_bundle(bundle: Path, root_dir: Path, options: InstallOptions = InstallOptions(), *,
                    progress: ProgressFactory | None = None) -> InstallResult:
     """Install ``bundle`` into ``root_dir`` (see the module docstring for the order of steps)."""
@@ -319,15 +333,12 @@ def _install_open_bundle(bundle: Path, fh: BinaryIO, root_dir: Path, options: In
             crash_point("after_extract")
             if not options.skip_memory_check:
                 mem = check_memory(m, bundle_dir, device, backend, options.targets_files)
-                notes += [f"memory: {r['verdict']}" + (" (free now)" if r["live"] else " (catalog)") for r in mem.values()]
+                notes += _memory_notes(mem)
             # 4. build (or reuse a verified build), verify, switch
             _build, smoke = _install_verified(root, m, bundle_dir, device, backend, key, op, kind, state, progress,
                                              options.targets_files)
             with _after_switch(root, _build):
-                removed = root.prune(options.keep)
-                if removed:
-                    notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
-                root.journal.append(op, kind, "done", bundle_id=m.bundle_id, device_key=key)
+                _prune_and_record_done(root, options.keep, op, kind, m.bundle_id, key, notes)
             return InstallResult(action="installed", bundle_id=m.bundle_id, bundle_version=m.bundle_version,
                                  device_key=key, backend=backend, release=root.rel(_build),
                                  previous=previous, signature=vb.signature, key_id=vb.key_id, smoke=smoke,
@@ -376,14 +387,11 @@ def refresh(root_dir: Path, options: InstallOptions = InstallOptions(), *,
             root.journal.append(op, kind, "extracted", bundle_id=m.bundle_id, device_key=key)
             if not options.skip_memory_check:
                 mem = check_memory(m, bundle_dir, device, backend, options.targets_files)
-                notes += [f"memory: {r['verdict']}" + (" (free now)" if r["live"] else " (catalog)") for r in mem.values()]
+                notes += _memory_notes(mem)
             state = root.read_state()
             build, smoke = _install_verified(root, m, bundle_dir, device, backend, key, op, kind, state, progress,
                                              options.targets_files)
-            removed = root.prune(options.keep)
-            if removed:
-                notes.append(f"pruned {len(removed)} old release folder(s): {removed}")
-            root.journal.append(op, kind, "done", bundle_id=m.bundle_id, device_key=key)
+            _prune_and_record_done(root, options.keep, op, kind, m.bundle_id, key, notes)
             return InstallResult(action="rebuilt", bundle_id=m.bundle_id, bundle_version=m.bundle_version,
                                  device_key=key, backend=backend, release=root.rel(build),
                                  previous=cur["release"], smoke=smoke, device=device, notes=tuple(notes),
