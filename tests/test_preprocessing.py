@@ -21,9 +21,9 @@ from PIL import Image
 
 from tests.conftest import ROOT
 from tests.onnx_graphs import image_model
-from vqz_edge.calib.datasource import open_data
 from vqz_edge.cli import main
 from vqz_edge.data.images import _skimage_data_dir, demo_crops, load_image, preprocess
+from vqz_edge.data.source import open_data
 from vqz_edge.errors import DataError, SpecError
 from vqz_edge.onnx_io import TensorInfo, graph_inputs
 from vqz_edge.preprocessing import PRESETS, Preprocessing, PreprocessingRequest
@@ -397,11 +397,11 @@ def test_partial_and_onnx_specs_round_trip() -> None:
 
 def test_the_shared_options_keep_the_device_cli_light() -> None:
     """The preprocessing options are on device commands (run): building the parser must not load the workstation
-    stages (numba, scipy, the calibrator), which JetPack's Python 3.8 image does not have."""
+    dependencies (numba, scipy, torch, onnxruntime), which JetPack's Python 3.8 image does not have."""
     import subprocess
 
     code = ("import sys, vqz_edge.cli; vqz_edge.cli.build_parser(); "
-            "print(sorted(m for m in ('numba', 'scipy', 'torch', 'vqz_edge.calib') if m in sys.modules))")
+            "print(sorted(m for m in ('numba', 'scipy', 'torch', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
 

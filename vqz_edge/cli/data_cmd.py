@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from ..data import demo_sources, folder_sources, make_crops, split_by_source
+from ..data.source import resolve_image_preprocessing
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_path, write_set
 from ..onnx_io import TensorInfo
-from . import options
+from ..spec import load_spec
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "data",
-        help="photos -> preprocessed .npy arrays, split by source photo",
+        help=COMMANDS["data"].summary,
         description="Crop and preprocess photos into a float32 .npy array (N,C,H,W). Calibration and evaluation "
         "sets are split by source photo, never by crop. --images demo uses the real photos in scikit-image.",
     )
@@ -30,15 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--spec", type=Path, help="build spec: its [preprocessing] (and [[inputs]] for the size)")
     p.add_argument("--seed", type=options.nonnegative_int, default=0, help="seed of the random crops (default 0)")
     options.add_preprocessing_args(p, record_check=False)
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calib.datasource import resolve_image_preprocessing  # workstation stage: numba etc. load only here
-    from ..spec import load_spec
-    from . import emit_json
-
     check_output_path(args.output)
     spec = load_spec(args.spec) if args.spec else None
     declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)

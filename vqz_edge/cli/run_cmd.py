@@ -8,30 +8,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..data import load_array_file, load_image, preprocess
+from ..demo import imagenet_labels
+from ..errors import DataError, InputError, VerificationError
 from ..preprocessing import Preprocessing, PreprocessingRequest, check_against_record, recorded_beside
-from . import options
-
-
-def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    from .targets_cmd import add_targets_file
-
-    g = p.add_argument_group("runtime")
-    g.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
-                   help="auto: TensorRT for engines, ONNX Runtime (CPU) for .onnx (default)")
-    g.add_argument("--target", metavar="NAME",
-                   help="check the memory budget against this target before loading (default: the engine's target; "
-                   "for .onnx on ONNX Runtime: this host's free memory)")
-    add_targets_file(g)
-    g.add_argument("--no-memory-check", action="store_true", help="skip the budget check before loading")
-    g.add_argument("--threads", type=options.nonnegative_int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+from ..runtime import open_runner
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "run",
-        help="run an engine or ONNX model on images: top-k labels for classifiers, raw outputs otherwise",
+        help=COMMANDS["run"].summary,
         description="Preprocess images (as declared with --preprocess/..., else as recorded in the plan.json or "
         "summary.json beside the model, else the imagenet preset, with a warning) and run them through a TensorRT engine (on the device) or an .onnx model (ONNX Runtime, any host). "
         "Classifiers with 1000 outputs print ImageNet labels; other models print output shapes and statistics.",
@@ -41,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="image files (or .npy arrays already preprocessed to the model's input shape)")
     p.add_argument("--top-k", type=options.positive_int, default=5, help="labels to print per image for classifiers (default 5)")
     options.add_preprocessing_args(p)
-    add_runtime_options(p)
-    add_common(p)
+    options.add_runtime_options(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -57,9 +45,6 @@ def load_inputs(paths: list[Path], shape: tuple[int, ...], pre: Preprocessing | 
     preset when None: callers say so); .npy files are stacked as is.
     Returns the batch and a name per sample ('photo.jpg', or 'x.npy[3]' for the rows of an array)."""
     import numpy as np
-
-    from ..data import load_array_file, load_image, preprocess
-    from ..errors import DataError
 
     if any(p.suffix == ".npy" for p in paths):
         arrays = [np.asarray(load_array_file(p), dtype=np.float32) for p in paths]
@@ -103,10 +88,6 @@ def classify(logits: Any, k: int, labels: list[str]) -> list[list[dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..errors import InputError, VerificationError
-    from ..runtime import open_runner
-    from . import emit_json
-
     if args.top_k <= 0:
         raise InputError(f"--top-k must be positive, got {args.top_k}")
     runner = open_runner(
@@ -142,8 +123,6 @@ def run(args: argparse.Namespace) -> int:
                                            "max": float(v.max()), "mean": float(v.mean()), "std": float(v.std())}
                                        for k, v in results.items()}}
     if first.ndim == 2 and first.shape[1] == 1000:
-        from ..demo import imagenet_labels
-
         top = classify(first, args.top_k, imagenet_labels())
         doc["top_k"] = [{"input": n, "predictions": t} for n, t in zip(names, top)]
     doc["preprocessing"] = pre.to_dict() if pre is not None else None

@@ -1,32 +1,33 @@
-"""vqz-edge sensitivity MODEL.onnx --calibration OUTDIR --data EVAL [--target 0.995] [--report DIR]"""
+"""vqz-edge sensitivity MODEL.onnx --calibration OUTDIR --data EVAL [--goal 0.995] [--report DIR]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..data.source import read_recorded_preprocessing
 from ..errors import InputError
 from ..fsutil import check_output_dir
-from . import options
-from . import options as cli_options  # run() has a local named options
-
-if TYPE_CHECKING:
-    from ..preprocessing import Preprocessing
+from ..onnx_io import graph_inputs, load_model
+from ..preprocessing import Preprocessing
+from ..progress import tqdm_factory
+from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
+from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
+from ..spec import load_spec
+from ..vocab import CALIBRATION_METHODS, PRESETS
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common, add_finetune_args, add_memory_arg
-
     p = sub.add_parser(
         "sensitivity",
-        help="layer-wise INT8 sensitivity, calibration diagnostics, automatic mixed-precision plan",
+        help=COMMANDS["sensitivity"].summary,
         description="Quantize one layer (or block) at a time with the calibrated ranges, everything else FP32, and "
         "measure the damage against FP32 on held-out data; rank the units. --reverse: all INT8 except one. "
         "Diagnostics from the calibration histograms (twin-peaked distributions, outliers, per-channel weight "
-        "spread), each with a suggestion. --target: the smallest set of units kept above INT8 (FP16) that meets the "
-        "target, written as precision rules and a plan, verified on further held-out samples.",
+        "spread), each with a suggestion. --goal: the smallest set of units kept above INT8 (FP16) that meets the "
+        "goal, written as precision rules and a plan, verified on further held-out samples.",
     )
     p.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 ONNX that was calibrated")
     p.add_argument("--calibration", type=Path, required=True, metavar="OUTDIR",
@@ -35,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--data", required=True, help="held-out data: folder of images, FILE.npy, or 'demo' (evaluation split)")
     d.add_argument("--num-images", type=options.positive_int, default=256, help="samples for the sweep and the plan search (default 256)")
     d.add_argument("--verify-images", type=options.positive_int, default=1000,
-                   help="with --target: further samples (after the sweep's) to verify the plan on (default 1000)")
+                   help="with --goal: further samples (after the sweep's) to verify the plan on (default 1000)")
     d.add_argument("--batch-size", type=options.positive_int, default=32, help="evaluation batch (default 32; smaller if --max-memory needs)")
-    add_memory_arg(d)
+    options.add_memory_arg(d)
     s = p.add_argument_group("sweep")
     s.add_argument("--granularity", choices=["layer", "block"], default="layer",
                    help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB")
     s.add_argument("--reverse", action="store_true", help="all INT8 except one unit (gain of keeping it FP16)")
     s.add_argument("--output-name", help="graph output to measure (default: the first)")
-    s.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
+    s.add_argument("--method", choices=CALIBRATION_METHODS,
                    help="recompute every threshold from the stored histograms (default: the calibrated amax)")
     s.add_argument("--percentile", type=options.float_range(50.0, 100.0, low_open=True), default=99.99)
     s.add_argument("--refine-thresholds", action="store_true",
@@ -55,62 +56,58 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--refine-data", help="calibration data for --refine-thresholds (default: the calibration's, if demo)")
     s.add_argument("--refine-images", type=options.positive_int, default=64, help="calibration samples for --refine-thresholds (default 64)")
     pol = p.add_argument_group("precision policy")
-    pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
+    pol.add_argument("--preset", choices=PRESETS,
                      help="layers a preset pins above INT8 stay there (default: the spec's preset, else the one the "
                      "calibration used, from its summary.json)")
     pol.add_argument("--spec", type=Path, help="build spec: its [[precision.rules]] apply before the sweep")
     t = p.add_argument_group("automatic plan")
-    t.add_argument("--target", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
+    t.add_argument("--goal", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
+    t.add_argument("--target", dest="goal", type=options.finite_float, action=options.DeprecatedSpelling, new="--goal",
+                   help=argparse.SUPPRESS)  # the old spelling, for one release: --target is a Jetson module elsewhere
     t.add_argument("--min-agreement", type=options.float_range(0.0, 1.0), help="also require this top-1 agreement, e.g. 0.92")
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
-    f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
+    f = options.add_finetune_args(p, "quantization-aware fine-tuning (with --goal)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
     options.add_preprocessing_args(p)
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path,
-                   help="where sensitivity.json (and with --target plan.json, precision_rules.toml, model.qdq.onnx) go "
+                   help="where sensitivity.json (and with --goal plan.json, precision_rules.toml, model.qdq.onnx) go "
                    "(default OUTDIR/sensitivity)")
     o.add_argument("--report", type=Path, metavar="DIR", help="write PNG plots and a self-contained report.html here")
     o.add_argument("--top", type=options.positive_int, default=15, help="rows of the console ranking (default 15)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..progress import tqdm_factory
-    from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
-    from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
-    from ..spec import load_spec
-    from . import emit_json, finetune_options, memory_budget
-
     spec = load_spec(args.spec) if args.spec else None
     recorded, recorded_where, recorded_preset = _recorded(args.calibration)
     preset = args.preset or (spec.precision.preset if spec else recorded_preset)
     preset_origin = ("--preset" if args.preset else f"spec {args.spec}" if spec else
                      f"inherited from {recorded_where}" if recorded_where else "calibrate's default")
-    declared, notes = cli_options.declared_preprocessing(args, spec.preprocessing if spec else None)
+    declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)
     model_input = _model_input(args.model)
     warnings: list[str] = []
     if not str(args.data).lower().endswith(".npy"):
-        declared, used, warnings = cli_options.inherit_preprocessing(
+        declared, used, warnings = options.inherit_preprocessing(
             args, declared, recorded, model_input, recorded_where=recorded_where)
         pre_arg = declared if declared is not None else used
     else:
         pre_arg = declared
     try:
-        options = SweepOptions(granularity=args.granularity, metric=args.metric, reverse=args.reverse,
+        sweep = SweepOptions(granularity=args.granularity, metric=args.metric, reverse=args.reverse,
                                block_depth=args.block_depth)
         target = None
-        if args.target is not None:
-            target = TargetOptions(target=args.target, min_agreement=args.min_agreement, max_kept=args.max_kept)
+        if args.goal is not None:
+            target = TargetOptions(target=args.goal, min_agreement=args.min_agreement, max_kept=args.max_kept)
         elif args.min_agreement is not None or args.max_kept is not None or args.finetune:
-            raise InputError("--min-agreement, --max-kept and --finetune only apply with --target")
-        finetune = finetune_options(args)
+            raise InputError("--min-agreement, --max-kept and --finetune only apply with --goal")
+        finetune = options.finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    if target is not None and args.metric in ("cosine", "agreement") and not 0.0 < args.target <= 1.0:
-        raise InputError(f"--target {args.target} is impossible for --metric {args.metric} (a value in (0, 1])",
-                         hint="e.g. --target 0.995 for cosine, --target 0.9 for agreement, --metric sqnr --target 30")
+    if target is not None and args.metric in ("cosine", "agreement") and not 0.0 < args.goal <= 1.0:
+        raise InputError(f"--goal {args.goal} is impossible for --metric {args.metric} (a value in (0, 1])",
+                         hint="e.g. --goal 0.995 for cosine, --goal 0.9 for agreement, --metric sqnr --goal 30")
     outdir = args.output or args.calibration / "sensitivity"
     if outdir.resolve() == args.calibration.resolve():
         raise InputError(f"-o {outdir} is the calibration directory itself; sensitivity writes its own set",
@@ -119,12 +116,12 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output_dir(args.report)
     result, cal = analyze(
-        args.model, args.calibration, args.data, options, target=target, num_images=args.num_images,
+        args.model, args.calibration, args.data, sweep, target=target, num_images=args.num_images,
         verify_images=args.verify_images, batch_size=args.batch_size, preset=preset,
         rules=spec.precision.rules if spec else (), method=args.method, percentile=args.percentile,
         output=args.output_name, refine=args.refine_thresholds, refine_data=args.refine_data,
         refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data,
-        max_memory=memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
+        max_memory=options.memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
         preprocessing=pre_arg,
     )
     files = write_outputs(result, outdir, args.model, cache_version(cal))
@@ -166,8 +163,6 @@ def run(args: argparse.Namespace) -> int:
 def _recorded(calibration: Path) -> tuple[Preprocessing | None, str, str]:
     """(preprocessing, 'DIR/summary.json', precision preset) the calibration recorded; the preset of a summary
     from before it was recorded is calibrate's default, cnn."""
-    from ..calib.datasource import read_recorded_preprocessing
-
     recorded, where = read_recorded_preprocessing(calibration)  # DataError for an unreadable summary
     preset = "cnn"
     if where:
@@ -179,7 +174,5 @@ def _recorded(calibration: Path) -> tuple[Preprocessing | None, str, str]:
 
 
 def _model_input(model: Path) -> tuple[int | str, ...]:
-    from ..onnx_io import graph_inputs, load_model
-
     infos = graph_inputs(load_model(model))
     return tuple(infos[0].shape) if len(infos) == 1 else ()

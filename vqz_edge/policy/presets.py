@@ -17,7 +17,8 @@ from collections.abc import Iterable
 import onnx
 
 from ..spec import PrecisionRule
-from .resolve import _initializers, is_quantizable
+from ..vocab import PRESETS
+from .graph import initializer_names, is_quantizable
 
 QK_NAME = re.compile(r"(?:^|[/._])(query|key|q_proj|k_proj|to_q|to_k|wq|wk)(?:$|[/._])", re.IGNORECASE)
 
@@ -41,7 +42,7 @@ PASS_THROUGH = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Iden
 
 def final_head(model: onnx.ModelProto) -> list[str]:
     """Quantizable layers reached walking back from each graph output through non-quantizable nodes."""
-    inits = _initializers(model)
+    inits = initializer_names(model)
     producers = _producers(model)
     found: list[str] = []
     seen: set[str] = set()
@@ -112,7 +113,7 @@ def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], inits: s
 
 def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """node name -> (precision, why) for the vit preset."""
-    inits = _initializers(model)
+    inits = initializer_names(model)
     out: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
         if node.op_type == "Softmax":
@@ -143,9 +144,6 @@ def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
         for proj in _nearest_quantizable(model, [i for i in qk_node.input if i in producers], False, inits):
             out.setdefault(proj, ("fp16", "preset vit: attention Q/K projection (most sensitive)"))
     return out
-
-
-PRESETS = ("cnn", "vit", "vlm-vision", "none")
 
 
 def preset_rules(model: onnx.ModelProto, preset: str) -> list[tuple[str, PrecisionRule]]:

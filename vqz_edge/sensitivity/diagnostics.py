@@ -33,6 +33,7 @@ from onnx import numpy_helper
 from ..calib.histogram import AbsHistogram
 from ..calib.qdq import weight_axis
 from ..calib.thresholds import percentile_amax
+from ..policy.graph import is_quantizable
 from .units import quantized_inputs
 
 COARSE_BINS = 32
@@ -178,7 +179,6 @@ def diagnose(
     wanted = set(layers) if layers is not None else None
     consumers: dict[str, list[str]] = {}
     weight_of: list[tuple[onnx.NodeProto, str, int]] = []
-    from ..policy.resolve import is_quantizable
 
     for node in model.graph.node:
         if not is_quantizable(node, names) or (wanted is not None and node.name not in wanted):

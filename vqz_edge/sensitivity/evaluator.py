@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
+from ..artifacts.plan import ResolvedPlan
 from ..calib.evaluate import compare_rows, row_cosine, sqnr_db
 from ..calib.qdq import insert_qdq
 from ..errors import InputError
 from ..onnx_io import graph_inputs, graph_outputs
-from ..policy.plan import ResolvedPlan
 
 METRICS = ("cosine", "agreement", "sqnr")
 CONFIDENT = 0.5  # FP32 softmax top-1 probability above which a sample counts as confident

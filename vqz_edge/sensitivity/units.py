@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..policy.plan import ResolvedPlan
+from ..artifacts.plan import ResolvedPlan
 from ..policy.resolve import scope_of
 
 GRANULARITIES = ("layer", "block")

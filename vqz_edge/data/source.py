@@ -13,11 +13,11 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..data.images import DEMO_PREPROCESSING, demo_sources, folder_sources, iter_crops
 from ..errors import DataError, describe_path
 from ..log import get_logger
 from ..onnx_io import TensorInfo
 from ..preprocessing import Preprocessing, PreprocessingRequest, check_against_record
+from .images import DEMO_PREPROCESSING, demo_sources, folder_sources, iter_crops
 
 _log = get_logger(__name__)
 
