@@ -268,6 +268,27 @@ def test_recorded_and_declared_mismatch_is_caught(tmp_path: Path, model_path: Pa
     assert doc["preprocessing"]["recipe"]["size"] == [64, 64] and doc["preprocessing"]["warnings"] == []
 
 
+def test_a_spec_without_a_precision_preset_inherits_the_calibrations(tmp_path: Path, model_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec that only declares [preprocessing] says nothing about the preset: sensitivity keeps the one the
+    calibration used (here none), not the spec's default cnn; a spec that writes a preset wins."""
+    cal = tmp_path / "cal"
+    rc, _, err = _cli("calibrate", str(model_path), "--data", "demo", "--num-images", "8", "--preprocess",
+                      "imagenet", "--size", "64", "--preset", "none", "-o", str(cal), "-q", capsys=capsys)
+    assert rc == 0, err
+    only_pre = tmp_path / "pre.toml"
+    only_pre.write_text('[preprocessing]\npreset = "imagenet"\nsize = 64\n')
+    with_preset = tmp_path / "vit.toml"
+    with_preset.write_text('[preprocessing]\npreset = "imagenet"\nsize = 64\n[precision]\npreset = "cnn"\n')
+    for spec, want in ((only_pre, {"name": "none", "origin": f"inherited from {cal / 'summary.json'}"}),
+                       (with_preset, {"name": "cnn", "origin": f"spec {with_preset}"})):
+        rc, out, err = _cli("sensitivity", str(model_path), "--calibration", str(cal), "--data", "demo", "--spec",
+                            str(spec), "--num-images", "4", "--batch-size", "4", "-o", str(tmp_path / spec.stem),
+                            "--json", capsys=capsys)
+        assert rc == 0, err
+        assert json.loads(out)["preset"] == want
+
+
 def test_run_uses_the_recorded_recipe_and_warns_without_one(tmp_path: Path, model_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     cal = tmp_path / "cal"

@@ -163,6 +163,8 @@ class PrecisionSpec:
     default: str = "int8"
     preset: str = "cnn"
     rules: tuple[PrecisionRule, ...] = ()
+    # whether the spec wrote ``preset`` (a later stage inherits the calibration's preset only where it did not)
+    preset_declared: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         _choice(self.default, ("fp32", "fp16", "int8"), "precision.default")
@@ -311,6 +313,7 @@ def parse_spec(doc: Mapping[str, Any], path: Path | None = None) -> Spec:
         default=_get(pr, "default", str, "precision", "int8"),
         preset=_get(pr, "preset", str, "precision", "cnn"),
         rules=tuple(rules),
+        preset_declared="preset" in pr,
     )
 
     b = _get(doc, "build", dict, "spec", {})

@@ -82,8 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec) if args.spec else None
     recorded, recorded_where, recorded_preset = _recorded(args.calibration)
-    preset = args.preset or (spec.precision.preset if spec else recorded_preset)
-    preset_origin = ("--preset" if args.preset else f"spec {args.spec}" if spec else
+    from_spec = spec is not None and spec.precision.preset_declared
+    preset = args.preset or (spec.precision.preset if spec is not None and from_spec else recorded_preset)
+    preset_origin = ("--preset" if args.preset else f"spec {args.spec}" if from_spec else
                      f"inherited from {recorded_where}" if recorded_where else "calibrate's default")
     declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)
     model_input = _model_input(args.model)
