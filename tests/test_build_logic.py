@@ -402,7 +402,7 @@ def test_manifest_content_write_and_idempotence(tmp_path: Path) -> None:
     engine = b"\x00plan" * 1000
     m = _manifest(engine, "k1")
     assert sorted(m) == ["build", "device_memory_bytes", "engine", "gpu", "inputs", "io", "jetpack", "l4t", "layers",
-                         "mode", "model", "schema", "target", "tensorrt_version", "vqz_edge_version"]
+                         "mode", "model", "preprocessing", "schema", "target", "tensorrt_version", "vqz_edge_version"]
     assert m["schema"] == 1 and m["engine"]["file"] == "model.engine" and m["engine"]["bytes"] == len(engine)
 
     assert up_to_date(out, "k1") == (False, "no readable manifest.json")

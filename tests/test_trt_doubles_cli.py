@@ -62,6 +62,13 @@ def test_build_run_bench_on_the_demo_mobilenet(trt: str, tmp_path: Path, mobilen
     top = json.loads(r.stdout)["top_k"]
     assert top[0]["predictions"][0]["label"] in ("Egyptian cat", "tabby", "tiger cat")  # the cat, through the engine
     assert top[1]["predictions"][0]["label"] == "espresso"
+    # the engine's manifest carries the recipe calibration recorded, and run reads it from there (no fallback)
+    manifest = json.loads((tmp_path / out["directory"] / "manifest.json").read_text())
+    assert manifest["preprocessing"]["preset"] == "imagenet" and manifest["preprocessing"]["size"] == [224, 224]
+    assert manifest["preprocessing"]["origin"].startswith("recorded in ") and "plan.json" in manifest["preprocessing"]["origin"]
+    assert json.loads(r.stdout)["warnings"] == [] and json.loads(r.stdout)["preprocessing"]["preset"] == "imagenet"
+    r = vqz("run", out["directory"], "--input", str(photos / "chelsea.png"), "--preprocess", "clip", cwd=tmp_path, trt=trt)
+    assert r.returncode == 2 and "manifest.json recorded" in r.stderr and "* mean" in r.stderr, r.stderr
 
     r = vqz("bench", out["directory"], "--batch", "2", "--iterations", "3", "--warmup", "1", "--json", cwd=tmp_path, trt=trt)
     assert r.returncode == 0, r.stderr

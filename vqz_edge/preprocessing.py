@@ -482,12 +482,13 @@ def check_against_record(recorded: Preprocessing, used: Preprocessing, *, record
 
 
 def recorded_beside(model: Path) -> tuple[Preprocessing, str] | None:
-    """The recipe recorded next to a model a device serves: ``plan.json`` (calibration, bundles) or ``summary.json``
-    (a calibration directory) in the model's folder (or the engine directory itself), or, for a model an install
-    root serves (``releases/<id>/builds/<device>/``), the plan.json of the kept bundle (``releases/<id>/bundle/``)."""
+    """The recipe recorded next to a model a device serves: an engine's ``manifest.json`` (the builder copies the
+    recipe in), ``plan.json`` (calibration, bundles) or ``summary.json`` (a calibration directory) in the model's
+    folder (or the engine directory itself), or, for a model an install root serves
+    (``releases/<id>/builds/<device>/``), the plan.json of the kept bundle (``releases/<id>/bundle/``)."""
     folder = model if model.is_dir() else model.parent
     kept = folder.resolve().parent.parent / "bundle"
-    for path in (folder / "plan.json", folder / "summary.json", kept / "plan.json"):
+    for path in (folder / "manifest.json", folder / "plan.json", folder / "summary.json", kept / "plan.json"):
         name = path.name
         if not path.is_file():
             continue
@@ -497,7 +498,14 @@ def recorded_beside(model: Path) -> tuple[Preprocessing, str] | None:
             raise DataError(f"{path} is not readable JSON: {exc}") from exc
         if not isinstance(doc, dict):
             continue
-        rec = doc.get("preprocessing") if name == "plan.json" else (doc.get("data") or {}).get("preprocessing")
+        if name == "manifest.json":  # an engine manifest only (a bundle's manifest.json is not read here)
+            if not isinstance(doc.get("engine"), dict) or "tensorrt_version" not in doc:
+                continue
+            rec = doc.get("preprocessing")
+        elif name == "plan.json":
+            rec = doc.get("preprocessing")
+        else:
+            rec = (doc.get("data") or {}).get("preprocessing")
         if isinstance(rec, dict):
             return Preprocessing.from_dict(rec), str(path)
     return None

@@ -14,7 +14,12 @@ Layout: ``engines/<model>/<target>/<trt-version>/{model.engine, manifest.json, t
      "device_memory_bytes": [<per optimisation profile>],
      "layers": [{"name": "...", "precision": "int8", "planned": "int8"}],
      "build": {"seconds": 12.3, "host": "...", "built_at": "...", "key": "<idempotence key>",
-               "dla_core": null | 0 | 1, ...}}
+               "dla_core": null | 0 | 1, ...},
+     "preprocessing": {"preset": "yolo", "size": [640, 640], ..., "origin": "recorded in .../plan.json"} | null}
+
+``preprocessing`` is how camera frames become the engine's input (vqz_edge.preprocessing's recipe, as calibration
+recorded it or the spec declared it): ``vqz-edge run`` on the engine uses it. Absent in manifests from before it was
+recorded (read as null).
 
 A serialized TensorRT engine only runs on the TensorRT version and GPU (compute capability) that built it, and
 an engine built for a DLA core must be deserialised for that core; every mismatch raises
@@ -107,6 +112,7 @@ class EngineManifest:
     layers: tuple[Mapping[str, Any], ...] = ()
     build: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    preprocessing: Mapping[str, Any] | None = None  # the recipe (Preprocessing.to_dict() + origin), or None
 
     @property
     def directory(self) -> Path:
@@ -211,6 +217,9 @@ def parse_manifest(doc: Mapping[str, Any], path: Path | None = None) -> EngineMa
     core = build.get("dla_core")
     if core is not None and (not isinstance(core, int) or isinstance(core, bool) or core < 0):
         raise ManifestError(f"{where}: build.dla_core must be null or a DLA core number, got {core!r}")
+    pre = doc.get("preprocessing")
+    if pre is not None and not isinstance(pre, dict):
+        raise ManifestError(f"{where}: 'preprocessing' must be an object or null, got {type(pre).__name__}")
     efile = _req(eng, "file", str, f"{where}: engine")
     if "/" in efile or "\\" in efile or efile.startswith("."):
         raise ManifestError(f"{where}: engine.file {efile!r} must be a plain file name beside manifest.json")
@@ -235,6 +244,7 @@ def parse_manifest(doc: Mapping[str, Any], path: Path | None = None) -> EngineMa
         layers=tuple(doc.get("layers", []) or []),
         build=dict(build),
         path=path,
+        preprocessing=pre,
     )
 
 
@@ -340,8 +350,10 @@ def build_manifest(
     *, model: str, target: str, engine: bytes, tensorrt_version: str, gpu: Mapping[str, Any], l4t: str | None,
     jetpack: str | None, mode: str, inputs: Mapping[str, str | None], io: Sequence[Mapping[str, Any]],
     device_memory_bytes: Sequence[int], layers: Sequence[Mapping[str, Any]], build: Mapping[str, Any],
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest dict (schema 1). ``build`` must hold seconds, host, built_at and key."""
+    """The manifest dict (schema 1). ``build`` must hold seconds, host, built_at and key; ``preprocessing`` is the
+    recipe the engine's inputs need (None: nothing recorded or declared)."""
     if mode not in BUILD_MODES:
         raise ValueError(f"manifest mode {mode!r} not in {BUILD_MODES}")
     for key in ("onnx_sha256", "cache_sha256", "spec_sha256", "plan_sha256"):
@@ -367,6 +379,7 @@ def build_manifest(
         "device_memory_bytes": [int(x) for x in device_memory_bytes],
         "layers": [dict(x) for x in layers],
         "build": dict(build),
+        "preprocessing": dict(preprocessing) if preprocessing is not None else None,
     }
 
 

@@ -14,7 +14,7 @@ and asks this module what to do:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..artifacts.plan import ResolvedPlan
@@ -333,13 +333,17 @@ def check_calibration_cache(
 def build_key(
     *, vqz_edge_version: str, model: str, target: str, trt_version: str, mode: str, onnx_sha256: str,
     cache_sha256: str | None, spec_sha256: str, plan_sha256: str | None, dla_core: int | None,
-    precision_constraints: str, workspace_bytes: int,
+    precision_constraints: str, workspace_bytes: int, preprocessing_sha256: str | None = None,
 ) -> str:
-    """sha256 over everything that decides the engine's content. Same key -> the build is skipped."""
-    doc: Mapping[str, object] = {
+    """sha256 over everything that decides the engine's content and its manifest's recipe. Same key -> the build
+    is skipped. ``preprocessing_sha256`` enters only when a recipe is recorded (keys of builds without one are as
+    before)."""
+    doc: dict[str, object] = {
         "vqz_edge_version": vqz_edge_version, "model": model, "target": target, "tensorrt_version": trt_version,
         "mode": mode, "onnx_sha256": onnx_sha256, "cache_sha256": cache_sha256, "spec_sha256": spec_sha256,
         "plan_sha256": plan_sha256, "dla_core": dla_core, "precision_constraints": precision_constraints,
         "workspace_bytes": workspace_bytes,
     }
+    if preprocessing_sha256 is not None:
+        doc["preprocessing_sha256"] = preprocessing_sha256
     return sha256_bytes(canonical_json(doc).encode("utf-8"))
