@@ -19,22 +19,18 @@ import onnx
 
 from ..errors import SpecError
 from ..spec import PrecisionRule
+from .placement import Placement, place
 from .plan import LayerDecision, ResolvedPlan
-
-LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _initializers(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.initializer}
 
 
-def is_quantizable(node: onnx.NodeProto, inits: set[str]) -> bool:
-    """Ops with an INT8 implementation in TensorRT that vqz-edge places Q/DQ for."""
-    if node.op_type in LINEAR_OPS:
-        return True
-    if node.op_type == "Add":  # residual Add: both inputs are activations
-        return len(node.input) == 2 and all(i and i not in inits for i in node.input)
-    return False
+def is_quantizable(node: onnx.NodeProto, placement: Placement) -> bool:
+    """Ops with an INT8 implementation in TensorRT that the placement rules put Q/DQ for
+    (vqz_edge.policy.placement)."""
+    return placement.quantizable(node.name)
 
 
 def scope_of(node_name: str) -> str:
@@ -94,15 +90,17 @@ def resolve(
     default: str = "int8",
     float_default: str = "fp16",
     preset_rules: Sequence[tuple[str, PrecisionRule]] = (),
+    placement: Placement | None = None,
 ) -> Resolution:
-    """Resolve ``preset_rules`` (labelled) then the user's ``rules`` over every node of ``model``."""
+    """Resolve ``preset_rules`` (labelled) then the user's ``rules`` over every node of ``model``; which nodes can
+    run INT8 is ``placement``'s (default: the placement rules on ``model``)."""
     for idx, rule in enumerate(rules):
         if rule.regex is not None:
             try:
                 re.compile(rule.regex)
             except re.error as exc:
                 raise SpecError(f"precision.rules[{idx}].regex {rule.regex!r} is not a valid regular expression: {exc}") from exc
-    inits = _initializers(model)
+    placement = placement or place(model)
     labelled = [*preset_rules, *((rule_label(i, r), r) for i, r in enumerate(rules))]
     hits = [0] * len(labelled)
     layers = []
@@ -110,9 +108,14 @@ def resolve(
     for node in model.graph.node:
         if node.op_type in ("Constant",):
             continue
-        quantizable = is_quantizable(node, inits)
+        quantizable = placement.quantizable(node.name)
         precision = default if quantizable else float_default
-        why = "default" if quantizable else f"no INT8 kernel: {float_default}"
+        if quantizable:
+            why = "default"
+        elif node.name in placement.excluded:
+            why = f"placement {placement.excluded[node.name][0]}: {placement.excluded[node.name][1]}: {float_default}"
+        else:
+            why = f"no INT8 kernel: {float_default}"
         for k, (label, rule) in enumerate(labelled):
             if not rule_matches(rule, node):
                 continue
@@ -129,7 +132,7 @@ def resolve(
         layers.append(LayerDecision(node.name, node.op_type, precision, why, quantizable))
     unmatched = [label for (label, _), n in zip(labelled, hits) if n == 0]
     if not any(layer.quantizable for layer in layers):
-        warnings.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/residual Add)")
+        warnings.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/Conv-fused residual Add)")
     plan = ResolvedPlan(model=model_name, onnx_sha256=onnx_sha256, layers=tuple(layers))
     return Resolution(plan, unmatched, warnings)
 
@@ -142,9 +145,11 @@ def resolve_spec(
     rules: Sequence[PrecisionRule] = (),
     preset: str = "cnn",
     default: str = "int8",
+    placement: Placement | None = None,
 ) -> Resolution:
     """Presets first (final head FP32, transformer specifics), then the user's rules, which override."""
     from .presets import preset_rules
 
+    placement = placement or place(model)
     return resolve(model, rules, model_name=model_name, onnx_sha256=onnx_sha256, default=default,
-                   preset_rules=preset_rules(model, preset))
+                   preset_rules=preset_rules(model, preset, placement), placement=placement)

@@ -31,8 +31,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..calib.histogram import AbsHistogram
-from ..calib.qdq import weight_axis
 from ..calib.thresholds import percentile_amax
+from ..policy.placement import Placement, place, weight_axis
 from .units import quantized_inputs
 
 COARSE_BINS = 32
@@ -171,19 +171,18 @@ def diagnose(
     histograms: Mapping[str, AbsHistogram],
     amax: Mapping[str, float],
     layers: Sequence[str] | None = None,
+    placement: Placement | None = None,
 ) -> list[Flag]:
     """Flags for the activations and weights of ``layers`` (default: every quantizable layer), in graph order."""
+    placement = placement or place(model)
     inits = {i.name: i for i in model.graph.initializer}
-    names = set(inits)
     wanted = set(layers) if layers is not None else None
     consumers: dict[str, list[str]] = {}
     weight_of: list[tuple[onnx.NodeProto, str, int]] = []
-    from ..policy.resolve import is_quantizable
-
     for node in model.graph.node:
-        if not is_quantizable(node, names) or (wanted is not None and node.name not in wanted):
+        if not placement.quantizable(node.name) or (wanted is not None and node.name not in wanted):
             continue
-        acts, weights = quantized_inputs(node, names)
+        acts, weights = quantized_inputs(node, placement)
         for a in acts:
             consumers.setdefault(a, []).append(node.name)
         for w in weights:

@@ -21,6 +21,7 @@ from ..calib.evaluate import compare_rows, row_cosine, sqnr_db
 from ..calib.qdq import insert_qdq
 from ..errors import InputError
 from ..onnx_io import graph_inputs, graph_outputs
+from ..policy.placement import Placement, place
 from ..policy.plan import ResolvedPlan
 
 METRICS = ("cosine", "agreement", "sqnr")
@@ -156,8 +157,10 @@ class Evaluator:
         *,
         sources: Sequence[str] | None = None,
         output: str | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.model = model
+        self.placement = placement or place(model)
         self.amax = dict(amax)
         self.batches = [_feeds(model, b) for b in batches]
         self.sources = list(sources) if sources is not None else None
@@ -176,7 +179,7 @@ class Evaluator:
         return self._reference
 
     def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
-        return _qdq(self.model, self.amax, plan, variant)
+        return _qdq(self.model, self.amax, plan, variant, self.placement)
 
     def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
         """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
@@ -199,16 +202,19 @@ class Variant:
     amax: Mapping[str, float]
     weight_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
-    def qdq(self, plan: ResolvedPlan) -> onnx.ModelProto:
+    def qdq(self, plan: ResolvedPlan, placement: Placement | None = None) -> onnx.ModelProto:
         # the trained per-channel scales, as calibrate writes them: absmax/127 of on-grid weights only equals
         # them up to rounding
-        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
+        return insert_qdq(self.model, self.amax, plan, self.weight_scales, placement)[0]
 
 
 def _qdq(model: onnx.ModelProto, amax: Mapping[str, float], plan: ResolvedPlan,
-         variant: Variant | None = None) -> onnx.ModelProto:
-    """``plan`` as a Q/DQ model of ``model`` with ``amax``, or of ``variant`` when given."""
-    return variant.qdq(plan) if variant is not None else insert_qdq(model, amax, plan)[0]
+         variant: Variant | None = None, placement: Placement | None = None) -> onnx.ModelProto:
+    """``plan`` as a Q/DQ model of ``model`` with ``amax``, or of ``variant`` when given (same graph, so the same
+    placement)."""
+    if variant is not None:
+        return variant.qdq(plan, placement)
+    return insert_qdq(model, amax, plan, placement=placement)[0]
 
 
 def evaluate_stream(
@@ -223,7 +229,9 @@ def evaluate_stream(
     """Several plans in one pass over streamed data (nothing but one batch kept): for verification runs."""
     _, out_name = _primary_index(model, output)
     ref_sess = ortu.session(model)
-    sessions = [ortu.session(_qdq(model, amax, *p) if isinstance(p, tuple) else _qdq(model, amax, p)) for p in plans]
+    placement = place(model)
+    sessions = [ortu.session(_qdq(model, amax, p[0], p[1], placement) if isinstance(p, tuple)
+                             else _qdq(model, amax, p, None, placement)) for p in plans]
     accs = [_Accumulator(out_name) for _ in plans]
     for b in batches:
         x = _feeds(model, b)

@@ -283,7 +283,8 @@ def sweep(
     progress: ProgressFactory | None = None,
 ) -> tuple[list[UnitResult], Metrics]:
     """Run the one-at-a-time sweep. Returns (units ranked most sensitive first, all-INT8 metrics)."""
-    units = build_units(model, base_plan, options.granularity, block_depth=options.block_depth)
+    units = build_units(model, base_plan, options.granularity, block_depth=options.block_depth,
+                        placement=evaluator.placement)
     candidates = {n for u in units for n in u.nodes}
     costs = layer_costs(model)
     bar = make_bar(progress, "sensitivity (plans)", len(units) + 1)
