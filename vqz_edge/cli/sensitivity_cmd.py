@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..fsutil import check_output_dir
 from . import options
+from .task_options import METRICS, TASK_METRICS, add_task_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,8 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--granularity", choices=["layer", "block"], default="layer",
                    help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
     s.add_argument("--block-depth", type=options.positive_int, help="block = the first N components of the module scope")
-    s.add_argument("--metric", choices=["cosine", "agreement", "sqnr"], default="cosine",
-                   help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB")
+    s.add_argument("--metric", choices=list(METRICS), default="cosine",
+                   help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB; with --task "
+                   "dense: map_correlation (pre-activation maps), miou; with --task detection: map50, map50_95, "
+                   "recall_at_op (the plan search aims at it: e.g. --metric map50 --target 0.99)")
+    s.add_argument("--task", choices=["dense", "detection"],
+                   help="report task metrics for every plan (and allow them as --metric): dense maps or detections")
     s.add_argument("--reverse", action="store_true", help="all INT8 except one unit (gain of keeping it FP16)")
     s.add_argument("--output-name", help="graph output to measure (default: the first)")
     s.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
@@ -58,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
     f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
+    add_task_options(p)
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path,
                    help="where sensitivity.json (and with --target plan.json, precision_rules.toml, model.qdq.onnx) go "
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
     from ..spec import load_spec
     from . import emit_json, finetune_options, memory_budget
+    from .evaluate_cmd import format_task
 
     spec = load_spec(args.spec) if args.spec else None
     preset = args.preset or (spec.precision.preset if spec else "none")
@@ -88,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
         finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    if target is not None and args.metric in ("cosine", "agreement") and not 0.0 < args.target <= 1.0:
+    task = task_from_args(args.task, args)
+    if args.metric in TASK_METRICS["dense"] + TASK_METRICS["detection"]:
+        kind = "dense" if args.metric in TASK_METRICS["dense"] else "detection"
+        if task is None or task.kind != kind:
+            raise InputError(f"--metric {args.metric} is a {kind} metric", hint=f"add --task {kind}")
+    if target is not None and args.metric != "sqnr" and not 0.0 < args.target <= 1.0:
         raise InputError(f"--target {args.target} is impossible for --metric {args.metric} (a value in (0, 1])",
                          hint="e.g. --target 0.995 for cosine, --target 0.9 for agreement, --metric sqnr --target 30")
     outdir = args.output or args.calibration / "sensitivity"
@@ -104,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         rules=spec.precision.rules if spec else (), method=args.method, percentile=args.percentile,
         output=args.output_name, refine=args.refine_thresholds, refine_data=args.refine_data,
         refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data,
-        max_memory=memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
+        max_memory=memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory, task=task,
     )
     files = write_outputs(result, outdir, args.model, cache_version(cal))
     if args.report:
@@ -120,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"all {len(result.units)} {result.options.granularity}s INT8: cosine {a.cosine:.4f}"
           + (f", top-1 agreement {a.agreement * 100:.1f}%" if a.agreement is not None else "")
           + (f", SQNR {a.sqnr_db:.1f} dB" if a.sqnr_db is not None else ""))
+    if a.task is not None:
+        print(format_task(a.task).replace("  ", "  all INT8: ", 1))
     if result.refined:
         print(f"thresholds {result.thresholds}: {len(result.refined)} tensors changed")
     print(format_ranking(result, args.top))

@@ -35,7 +35,7 @@ from ..progress import ProgressFactory, make_bar
 from ..spec import PrecisionRule
 from .costs import COMPUTE_OPS, LayerCost, layer_costs
 from .diagnostics import Flag
-from .evaluator import METRICS, Evaluator, Metrics, Variant
+from .evaluator import METRICS, TASK_METRICS, Evaluator, Metrics, Variant
 from .units import GRANULARITIES, Unit, build_units
 
 _log = get_logger(__name__)
@@ -93,7 +93,17 @@ def loss(metric: str, m: Metrics) -> float:
     return 1.0 - v
 
 
-LOSS_LABEL = {"cosine": "1 - cosine", "agreement": "1 - top-1 agreement", "sqnr": "noise/signal (10^(-SQNR/10))"}
+LOSS_LABEL = {"cosine": "1 - cosine", "agreement": "1 - top-1 agreement", "sqnr": "noise/signal (10^(-SQNR/10))",
+              "map_correlation": "1 - pre-activation map correlation", "miou": "1 - mIoU", "map50": "1 - mAP@0.5",
+              "map50_95": "1 - mAP@0.5:0.95", "recall_at_op": "1 - recall at the FP32 operating point"}
+_DICT_KEY = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}
+
+
+def metric_in(d: Mapping[str, Any], metric: str) -> Any:
+    """``metric`` out of a :meth:`Metrics.to_dict` (task metrics live under ``task``)."""
+    if metric in TASK_METRICS["dense"] or metric in TASK_METRICS["detection"]:
+        return (d.get("task") or {}).get(metric)
+    return d[_DICT_KEY[metric]]
 
 
 @dataclass
