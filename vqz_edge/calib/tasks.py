@@ -150,10 +150,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 def _select(boxes: np.ndarray, scores: np.ndarray, min_score: float, iou: float, max_det: int) -> Detections:
-    """Per-class NMS over one image: boxes (A, 4) xyxy, scores (A, C)."""
+    """Per-class NMS over one image: boxes (A, 4) xyxy, scores (A, C); boxes without area (x2 <= x1 or y2 <= y1) are
+    not detections."""
     cls = np.argmax(scores, axis=1)
     best = scores[np.arange(scores.shape[0]), cls]
-    keep = best >= min_score
+    keep = (best >= min_score) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, best, cls = boxes[keep], best[keep], cls[keep]
     out_b, out_s, out_c = [], [], []
     for c in np.unique(cls).tolist():

@@ -180,9 +180,8 @@ class Evaluator:
         _, self.output = _primary_index(model, output)
         self.task_tensors: list[str] = [] if task is None else task.tensors(model)
         names = [o.name for o in graph_outputs(model)]
-        self._task_model = model
-        # the graph as evaluated: with the task's extra tensors (e.g. a pre-sigmoid map) exposed as outputs
-        self.model = with_outputs(model, [t for t in self.task_tensors if t not in names]) if task else model
+        self.model = model
+        self._extra = [t for t in self.task_tensors if t not in names]  # e.g. a pre-sigmoid map, read as an output
         self.fetch = list(dict.fromkeys([self.output, *self.task_tensors]))
         self.amax = dict(amax)
         self.batches = [_feeds(model, b) for b in batches]
@@ -197,12 +196,12 @@ class Evaluator:
     def reference(self) -> list[list[np.ndarray]]:
         """The reference's arrays of ``fetch`` (the primary output first), per batch."""
         if self._reference is None:
-            sess = ortu.session(self.model)
+            sess = ortu.session(with_outputs(self.model, self._extra))
             self._reference = [ortu.run(sess, x, self.fetch) for x in self.batches]
         return self._reference
 
     def _task_accumulator(self) -> TaskAccumulator | None:
-        return None if self.task is None else self.task.accumulator(self._task_model)
+        return None if self.task is None else self.task.accumulator(self.model)
 
     def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
         return _qdq(self.model, self.amax, plan, variant, self.placement)
@@ -211,7 +210,7 @@ class Evaluator:
         """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
         reference of this model."""
         ref = self.reference()
-        sess = ortu.session(self.qdq_model(plan, variant))
+        sess = ortu.session(with_outputs(self.qdq_model(plan, variant), self._extra))
         acc = _Accumulator(self.output)
         task = self._task_accumulator()
         for x, r in zip(self.batches, ref):
@@ -275,11 +274,11 @@ def evaluate_stream(
     placement = place(model)
     tensors = [] if task is None else task.tensors(model)
     names = [o.name for o in graph_outputs(model)]
-    graph = with_outputs(model, [t for t in tensors if t not in names]) if task else model
+    extra = [t for t in tensors if t not in names]
     fetch = list(dict.fromkeys([out_name, *tensors]))
-    ref_sess = ortu.session(graph)
-    sessions = [ortu.session(_qdq(graph, amax, p[0], p[1], placement) if isinstance(p, tuple)
-                             else _qdq(graph, amax, p, None, placement)) for p in plans]
+    ref_sess = ortu.session(with_outputs(model, extra))
+    sessions = [ortu.session(with_outputs(_qdq(model, amax, p[0], p[1], placement) if isinstance(p, tuple)
+                                          else _qdq(model, amax, p, None, placement), extra)) for p in plans]
     accs = [_Accumulator(out_name) for _ in plans]
     tasks = [None if task is None else task.accumulator(model) for _ in plans]
     for b in batches:
