@@ -153,3 +153,32 @@ def test_placement_on_mobilenet_v2(mobilenet_onnx: object) -> None:
         node = next(n for n in model.graph.node if n.name == site.node)
         fused = node.input[1 - site.activations[0]]
         assert producer[fused].op_type == "Conv" and "/conv/conv.2/" in producer[fused].name, producer[fused].name
+
+
+def _auto(target: float) -> tuple[object, object]:
+    from vqz_edge.sensitivity.evaluator import Evaluator
+    from vqz_edge.sensitivity.sweep import SweepOptions, TargetOptions, auto_plan, pinned_layers, sweep
+
+    model = transformer_block()
+    base = resolve_spec(model, model_name="t", onnx_sha256="x", preset="vit").plan
+    rng = np.random.default_rng(3)
+    batches = [rng.standard_normal((4, 5, 8)).astype(np.float32) * 2 for _ in range(2)]
+    amax = {t: 2.5 for t in ("x", "ln", "q", "kt", "v", "p", "o", "o2", "pooled")}
+    ev = Evaluator(model, amax, batches)
+    ranked, all_int8 = sweep(model, ev, base, SweepOptions())
+    plan = auto_plan(model, ev, base, ranked, all_int8, "cosine", TargetOptions(target, release_pins=True),
+                     preset="vit")
+    return plan, pinned_layers(base)
+
+
+def test_release_pins_frees_what_the_target_does_not_need() -> None:
+    plan, pinned = _auto(-1.0)  # any cosine meets it: every preset pin goes back to INT8
+    assert pinned and sorted(plan.released) == sorted(pinned)  # type: ignore[attr-defined]
+    resolved = {x.name: x.precision for x in plan.plan.layers}  # type: ignore[attr-defined]
+    assert all(resolved[n] == "int8" for n in pinned)
+    assert plan.share["above_int8"] == ["head"]  # type: ignore[attr-defined]  # the GEMV head has no INT8 site
+    # near-lossless: the search keeps a layer FP16 to meet it; releasing the pins would break it again -> reverted
+    strict, _ = _auto(0.9999995)
+    assert strict.met and strict.meets(strict.achieved) and strict.released == []  # type: ignore[attr-defined]
+    tried = [s for s in strict.steps if s["phase"] == "release"]  # type: ignore[attr-defined]
+    assert tried and not any(s["met"] for s in tried)

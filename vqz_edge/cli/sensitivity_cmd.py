@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--target", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
     t.add_argument("--min-agreement", type=options.float_range(0.0, 1.0), help="also require this top-1 agreement, e.g. 0.92")
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
+    t.add_argument("--release-pins", action="store_true",
+                   help="the preset is where the search starts: afterwards, release (to INT8) the preset's pinned "
+                   "layers, block by block, cheapest first, wherever the target still holds")
     f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
     add_task_options(p)
@@ -89,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
                                block_depth=args.block_depth)
         target = None
         if args.target is not None:
-            target = TargetOptions(target=args.target, min_agreement=args.min_agreement, max_kept=args.max_kept)
-        elif args.min_agreement is not None or args.max_kept is not None or args.finetune:
-            raise InputError("--min-agreement, --max-kept and --finetune only apply with --target")
+            target = TargetOptions(target=args.target, min_agreement=args.min_agreement, max_kept=args.max_kept,
+                                   release_pins=args.release_pins)
+        elif args.min_agreement is not None or args.max_kept is not None or args.finetune or args.release_pins:
+            raise InputError("--min-agreement, --max-kept, --release-pins and --finetune only apply with --target")
         finetune = finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc

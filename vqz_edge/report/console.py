@@ -88,6 +88,9 @@ def format_auto_plan(result: SensitivityResult) -> str:
     lines.append(f"  above INT8: {s['compute_layers_above_int8']}/{s['compute_layers']} compute layers "
                  f"({s['layers_share'] * 100:.1f}%; Conv/Gemm {s['conv_gemm_layers_above_int8']}/{s['conv_gemm_layers']}), "
                  f"{s['macs_share'] * 100:.1f}% of MACs, {s['params_share'] * 100:.1f}% of params")
+    if a.pins is not None:
+        lines.append(f"  preset pins: {a.pins['pinned_layers']} pinned layers in {a.pins['groups']} groups; released "
+                     f"{len(a.released)} ({', '.join(a.pins.get('released_groups', [])) or 'none'})")
     for u in a.kept:
         lines.append(f"    FP16  {u}")
     return "\n".join(lines)

@@ -245,7 +245,7 @@ def analyze(
     if target is not None:
         done = timed(seconds, "auto_plan")
         plan = auto_plan(model, evaluator, base, ranked, all_int8, opts.metric, target, preset=preset,
-                         spec_rules=rules, onnx_sha256=sha, progress=progress)
+                         spec_rules=rules, onnx_sha256=sha, progress=progress, block_depth=opts.block_depth)
         result.auto = plan
         done()
         variant: Variant | None = None
