@@ -62,7 +62,7 @@ def final_head(model: onnx.ModelProto, placement: Placement | None = None) -> li
     return sorted(found)
 
 
-def _gelu_outputs(model: onnx.ModelProto) -> list[str]:
+def gelu_outputs(model: onnx.ModelProto) -> list[str]:
     consumers = _consumers(model)
     outs = [n.output[0] for n in model.graph.node if n.op_type == "Gelu"]
     for node in model.graph.node:
@@ -133,7 +133,7 @@ def transformer_sensitive(model: onnx.ModelProto, placement: Placement | None = 
     qk = _nearest_quantizable(model, softmax_in, False, inits, placement)
     for name in qk:
         out.setdefault(name, ("fp16", "preset vit: Q.K^T matmul feeds softmax"))
-    for name in _nearest_quantizable(model, _gelu_outputs(model), True, inits, placement):
+    for name in _nearest_quantizable(model, gelu_outputs(model), True, inits, placement):
         out.setdefault(name, ("fp16", "preset vit: consumes GELU output (twin-peaked)"))
     for name in _nearest_quantizable(model, ln_in, False, inits, placement):
         out.setdefault(name, ("fp16", "preset vit: feeds LayerNorm"))
