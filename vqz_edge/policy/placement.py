@@ -12,9 +12,11 @@ measurements):
 ``linear``
     Gemm / MatMul with a weight (an initializer operand): Q/DQ on the activation and per-channel on the weight.
 ``gemv``
-    A linear layer whose activation is one row per sample (a classifier on a pooled vector or on a class token:
-    ``(N, K) x (K, C)``). At batch 1 TensorRT runs it as a GEMV without tensor cores, so INT8 buys no speed and costs
-    accuracy; NVIDIA Model Optimizer leaves such MatMuls unquantized. Kept in float (``PlacementOptions.gemv``).
+    A MatMul over one token per sample, ``(..., 1, K) x (K, C)`` (a head on a class token, a pooled ``keepdims``
+    vector): one row per sample, so TensorRT runs it as a GEMV without tensor cores; INT8 buys no speed and costs
+    accuracy, and NVIDIA Model Optimizer leaves such MatMuls unquantized. Kept in float (``PlacementOptions.gemv``).
+    A rank-2 Gemm/MatMul ``(N, K)`` (a CNN classifier) is left to the ``linear`` rule: its rows are the batch, which
+    the graph does not fix (the presets keep the final head FP32 anyway).
 ``attention``
     MatMul of two activations (attention Q.K^T and probabilities.V): Q/DQ on both inputs -- TensorRT's fused INT8
     MHA kernels read INT8 Q, K, V and INT8 post-softmax probabilities (``PlacementOptions.attention``).
@@ -206,13 +208,11 @@ def _activation_ranks(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...
 
 
 def _is_gemv(g: _Graph, node: onnx.NodeProto, activation: str) -> bool:
-    """One row per sample: a Gemm (its activation is (N, K)), or a MatMul whose activation is (N, K) or (..., 1, K)."""
-    if node.op_type == "Gemm":
-        return True
-    shape = g.ranks.get(activation)
-    if shape is None:
+    """One token per sample: a MatMul whose activation is (..., 1, K)."""
+    if node.op_type != "MatMul":
         return False
-    return len(shape) == 2 or (len(shape) >= 3 and shape[-2] == 1)
+    shape = g.ranks.get(activation)
+    return shape is not None and len(shape) >= 3 and shape[-2] == 1
 
 
 def _add_site(g: _Graph, node: onnx.NodeProto, options: PlacementOptions) -> Site | tuple[str, str]:

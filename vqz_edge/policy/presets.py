@@ -78,6 +78,12 @@ def gelu_outputs(model: onnx.ModelProto) -> list[str]:
     return outs
 
 
+def _merges(node: onnx.NodeProto, inits: set[str]) -> bool:
+    """An Add of two activations (a residual merge): the neighbourhood walks stop there, whether or not the
+    placement quantizes it -- the layers beyond it are not the Softmax/GELU/LayerNorm's neighbours."""
+    return node.op_type == "Add" and len(node.input) == 2 and all(i and i not in inits for i in node.input)
+
+
 def _nearest_quantizable(model: onnx.ModelProto, start: Iterable[str], downstream: bool, inits: set[str],
                          placement: Placement) -> set[str]:
     consumers, producers = _consumers(model), _producers(model)
@@ -91,7 +97,7 @@ def _nearest_quantizable(model: onnx.ModelProto, start: Iterable[str], downstrea
             for node in nodes:
                 if node.op_type in ("Conv", "Gemm", "MatMul"):
                     found.add(node.name)
-                elif node.op_type in hops and not placement.quantizable(node.name):
+                elif node.op_type in hops and not placement.quantizable(node.name) and not _merges(node, inits):
                     nxt.extend(node.output if downstream else [i for i in node.input if i and i not in inits])
         frontier = nxt
     return found
