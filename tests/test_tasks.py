@@ -190,3 +190,16 @@ def test_cli_evaluate_dense_task(tmp_path: Path) -> None:
     r = run_cli("evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "m.int8.onnx"), "--task", "dense", "--data",
                 str(tmp_path / "x.npy"), "--num-images", "5", "--output-map", "nope")
     assert r.returncode != 0 and "'nope' is not a graph output" in r.stderr
+
+
+def test_non_finite_task_outputs_are_refused() -> None:
+    from vqz_edge.errors import VerificationError
+
+    ok = np.zeros((1, 1, 2, 2))
+    bad = ok.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(VerificationError, match="candidate model's map holds NaN"):
+        DenseAccumulator("map").update(ok, bad)
+    boxes = np.array([[[0, 0, 1, 1]]], np.float32)
+    with pytest.raises(VerificationError, match="NaN/Inf"):
+        DetectionConfig().decode([boxes, np.array([[np.inf]], np.float32)])

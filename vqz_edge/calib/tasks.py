@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import InputError
+from ..errors import InputError, VerificationError
 
 DETECTION_FORMATS = ("boxes-scores", "yolov5", "yolov8")
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -87,7 +87,9 @@ class DenseAccumulator:
         pre_r, pre_g = (ref, got) if ref_pre is None or got_pre is None else (ref_pre, got_pre)
         for what, arr in (("reference", pre_r), ("candidate", pre_g)):
             if not np.isfinite(arr).all():
-                raise InputError(f"output {self.name!r}: the {what} map holds NaN/Inf")
+                raise VerificationError(f"output {self.name!r}: the {what} model's map holds NaN/Inf; its fidelity "
+                                        "cannot be measured", hint=f"the {what} model is broken: export or calibrate "
+                                        "it again")
         n = pre_r.shape[0]
         self.correlations.append(_pearson(pre_r.reshape(n, -1).astype(np.float64),
                                           pre_g.reshape(n, -1).astype(np.float64)))
@@ -231,7 +233,8 @@ class DetectionConfig:
         out = []
         for b, s in per:
             if not (np.isfinite(b).all() and np.isfinite(s).all()):
-                raise InputError("detection outputs hold NaN/Inf")
+                raise VerificationError("a model's detection outputs hold NaN/Inf; its detections cannot be scored",
+                                        hint="the model is broken: export or calibrate it again")
             out.append(_select(b.astype(np.float64), s.astype(np.float64), self.min_score, self.nms_iou, self.max_det))
         return out
 
