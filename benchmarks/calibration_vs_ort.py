@@ -101,8 +101,8 @@ def run_job(job: str, model: Path, calib: Path, out: Path) -> dict[str, object]:
 
 
 def fidelity(model: Path, qdq: Path, eval_file: Path) -> dict[str, float]:
-    from vqz_edge.calib.datasource import open_data
     from vqz_edge.calib.evaluate import evaluate
+    from vqz_edge.data.source import open_data
     from vqz_edge.onnx_io import graph_inputs, load_model
 
     ref = load_model(model)

@@ -38,11 +38,11 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vqz_edge.calib.datasource import open_data  # noqa: E402
 from vqz_edge.calib.tasks import TaskSpec  # noqa: E402
+from vqz_edge.data.source import open_data  # noqa: E402
 from vqz_edge.onnx_io import graph_inputs  # noqa: E402
 from vqz_edge.policy.placement import PlacementOptions, place  # noqa: E402
-from vqz_edge.policy.resolve import resolve_spec  # noqa: E402
+from vqz_edge.policy.resolve import resolve_plan  # noqa: E402
 from vqz_edge.sensitivity.evaluator import Evaluator  # noqa: E402
 from vqz_edge.sensitivity.run import load_calibration  # noqa: E402
 
@@ -61,7 +61,7 @@ def _rows(model: onnx.ModelProto, ev: Evaluator, presets: list[str], metrics: li
     for preset in presets:
         for name, opts in VARIANTS.items():
             pl = place(model, opts)
-            plan = resolve_spec(model, model_name="m", onnx_sha256="x", preset=preset, placement=pl).plan
+            plan = resolve_plan(model, model_name="m", onnx_sha256="x", preset=preset, placement=pl).plan
             ev.placement = pl
             t = time.perf_counter()
             m = ev.evaluate(plan)

@@ -82,7 +82,7 @@ def tiny_model(seed: int = 0, *, qdq: bool = False) -> onnx.ModelProto:
 
 def make_calibration_dir(root: Path, seed: int = 0, *, with_plan: bool = True) -> tuple[Path, Path]:
     """(spec.toml, calibration dir) for the tiny model under ``root``."""
-    from vqz_edge.calib.cache import CalibrationCache, write_cache
+    from vqz_edge.artifacts.calib_cache import CalibrationCache, write_cache
     from vqz_edge.fsutil import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def smoke_through_current(root: Path) -> float:
     bundle = root / info["bundle"]
     x = np.load(bundle / "reference" / "input_0.npy")
     ref = np.load(bundle / "reference" / "output_0.npy")
-    with open_runner(cur / "model.onnx", backend="ort", check_memory=False) as r:
+    with open_runner(cur / "model.onnx", backend="onnxruntime", check_memory=False) as r:
         y = np.concatenate([r.run({"input": x[i : i + 1]})["output"] for i in range(len(x))])
     cos = (y * ref).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(ref, axis=1)
     return float(cos.min())

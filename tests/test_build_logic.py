@@ -18,10 +18,8 @@ import onnx
 import pytest
 
 from tests.conftest import run_cli
-from vqz_edge.calib.cache import CalibrationCache, cache_bytes, parse_cache
-from vqz_edge.calib.collect import calibration_tensors
-from vqz_edge.device import parse_jetpack_package_version, parse_l4t, read_l4t
-from vqz_edge.engine_manifest import (
+from vqz_edge.artifacts.calib_cache import CalibrationCache, cache_bytes, parse_cache
+from vqz_edge.artifacts.engine_manifest import (
     ENGINE_FILE,
     MANIFEST_NAME,
     build_manifest,
@@ -30,10 +28,12 @@ from vqz_edge.engine_manifest import (
     up_to_date,
     write_engine_and_manifest,
 )
+from vqz_edge.artifacts.plan import LayerDecision, ResolvedPlan
+from vqz_edge.calib.collect import calibration_tensors
+from vqz_edge.device import parse_jetpack_package_version, parse_l4t, read_l4t
 from vqz_edge.errors import DependencyError, EngineBuildError, InputError
 from vqz_edge.fsutil import sha256_file
-from vqz_edge.policy.plan import LayerDecision, ResolvedPlan
-from vqz_edge.policy.resolve import resolve
+from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.spec import PrecisionRule
 from vqz_edge.targets import get_target
 from vqz_edge.trt.calibrator import CalibrationFeed
@@ -98,7 +98,7 @@ def mobilenet(mobilenet_onnx: Path) -> tuple[onnx.ModelProto, NetworkDesc, Resol
     model = onnx.load(str(mobilenet_onnx))
     first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
     rules = (PrecisionRule(precision="fp32", match="classifier*"), PrecisionRule(precision="fp16", node=first_conv))
-    plan = resolve(model, rules, model_name="mobilenet_v2", onnx_sha256=sha256_file(mobilenet_onnx)).plan
+    plan = resolve_plan(model, rules, model_name="mobilenet_v2", onnx_sha256=sha256_file(mobilenet_onnx)).plan
     return model, network_from_onnx(model), plan
 
 

@@ -13,8 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
 from vqz_edge import ort as ortu
-from vqz_edge.calib import CalibrationOptions, calibrate
-from vqz_edge.calib.cache import (
+from vqz_edge.artifacts.calib_cache import (
     CalibrationCache,
     cache_bytes,
     check_cache,
@@ -22,10 +21,11 @@ from vqz_edge.calib.cache import (
     read_cache,
     write_cache,
 )
+from vqz_edge.calib import CalibrationOptions, calibrate
 from vqz_edge.calib.collect import calibration_tensors
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.errors import DataError, InputError
-from vqz_edge.policy.resolve import resolve
+from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.spec import PrecisionRule
 
 # ---- cache format -------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_qdq_placement_follows_plan() -> None:
     assert {"input", "r1", "c2", "res", "t", "flat", "logits"} <= set(names)
     amax = {n: 2.0 for n in names}
     rules = [PrecisionRule(precision="fp16", match="/up/*")]
-    plan = resolve(model, rules, model_name="res", onnx_sha256="x").plan
+    plan = resolve_plan(model, rules, model_name="res", onnx_sha256="x").plan
     assert plan.precision_of("/up/ConvTranspose") == "fp16" and plan.precision_of("/c1/Conv") == "int8"
     q, report = insert_qdq(model, amax, plan)
     onnx.checker.check_model(q)
@@ -152,7 +152,7 @@ def test_qdq_placement_follows_plan() -> None:
 
 def test_convtranspose_weight_axis_is_1() -> None:
     model = residual_model()
-    plan = resolve(model, model_name="res", onnx_sha256="x").plan
+    plan = resolve_plan(model, model_name="res", onnx_sha256="x").plan
     q, _ = insert_qdq(model, {n: 1.0 for n in calibration_tensors(model)}, plan)
     t = next(n for n in q.graph.node if n.name == "/up/ConvTranspose")
     dq = _producer(q, t.input[1])

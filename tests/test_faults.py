@@ -23,7 +23,7 @@ from tests.bundle_fixtures import make_bundles, make_calibration_dir, tiny_model
 from tests.faults import disk_full_at, leftovers, read_only, snapshot
 from vqz_edge.bundle import install_bundle, status
 from vqz_edge.bundle.install import InstallOptions
-from vqz_edge.cli import COMMAND_MODULES, main
+from vqz_edge.cli import COMMANDS, main
 from vqz_edge.device import DevicePaths
 from vqz_edge.errors import DiskFullError, ReadOnlyError
 from vqz_edge.fsutil import atomic_write_bytes, remove_stale, write_set
@@ -107,7 +107,7 @@ READ_ONLY_COMMANDS = {
     "plan": "one atomic_write_json, the same path as evaluate -o",
     "sensitivity": "fsutil.write_set, covered by calibrate",
     "build": "TensorRT only (skipped without it)",
-    "targets": "reads", "check_memory": "reads", "run": "reads", "bench": "reads", "status": "reads",
+    "targets": "reads", "check-memory": "reads", "run": "reads", "bench": "reads", "status": "reads",
     "vlm": "vlm export: atomic writes into a staged folder (its own tests); plan/audit/run/compare read",
     "doctor": "reads (checks the 4-bit kernels in memory, writes nothing)",
     "rollback": "the install root paths, covered by install (and read-only roots below)",
@@ -117,7 +117,7 @@ READ_ONLY_COMMANDS = {
 
 def test_every_command_is_either_fault_tested_or_declared_read_only() -> None:
     covered = {w.name for w in WRITERS} | set(READ_ONLY_COMMANDS)
-    assert sorted(set(COMMAND_MODULES) - covered) == [], "add the new command to WRITERS (or READ_ONLY_COMMANDS)"
+    assert sorted(set(COMMANDS) - covered) == [], "add the new command to WRITERS (or READ_ONLY_COMMANDS)"
 
 
 def _fresh(world: dict[str, Path], writer: Writer, base: Path, tag: str) -> Path:
@@ -242,7 +242,7 @@ def test_orphans_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path)
 def test_a_set_interrupted_between_renames_is_refused_on_read(world: dict[str, Path], tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """kill -9 between the renames of a calibration set: the new cache sits beside the old summary; readers refuse."""
-    from vqz_edge.calib.outputs import check_calibration_set
+    from vqz_edge.artifacts.calib_dir import check_calibration_set
 
     out = tmp_path / "cal"
     _previous_calibration(world, tmp_path / "w")

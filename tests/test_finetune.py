@@ -13,13 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
 from vqz_edge import ort as ortu
+from vqz_edge.artifacts.plan import ResolvedPlan
 from vqz_edge.calib.evaluate import row_cosine
 from vqz_edge.calib.finetune import FinetuneOptions, _Interpreter, _rebatch, finetune, quant_points
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.data.images import Preprocessing, demo_crops
 from vqz_edge.errors import CalibrationError
-from vqz_edge.policy.plan import ResolvedPlan
-from vqz_edge.policy.resolve import resolve_spec
+from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.sensitivity import load_calibration
 from vqz_edge.sensitivity.evaluator import Metrics, _Accumulator
 from vqz_edge.sensitivity.run import domain_gap
@@ -74,7 +74,7 @@ def _crops(split: str, n: int) -> np.ndarray:
 
 
 def _all_int8(model: onnx.ModelProto) -> ResolvedPlan:
-    return resolve_spec(model, model_name="tiny", onnx_sha256="0" * 64, preset="none").plan
+    return resolve_plan(model, model_name="tiny", onnx_sha256="0" * 64, preset="none").plan
 
 
 def _amax(model: onnx.ModelProto, x: np.ndarray, plan: ResolvedPlan) -> dict[str, float]:
@@ -131,7 +131,7 @@ def test_interpreter_runs_what_onnxruntime_runs(tiny: tuple) -> None:  # type: i
 def test_interpreter_quantizes_per_consumer_like_the_qdq_writer(tiny: tuple) -> None:  # type: ignore[type-arg]
     """s6 feeds the INT8 depthwise conv and an FP16 Add: the Add must read the float tensor, as in the Q/DQ model."""
     model, _, amax, _, held_out = tiny
-    plan = resolve_spec(model, model_name="tiny", onnx_sha256="0" * 64, preset="none",
+    plan = resolve_plan(model, model_name="tiny", onnx_sha256="0" * 64, preset="none",
                         rules=[PrecisionRule(precision="fp16", node="/res/Add")]).plan
     points = quant_points(model, plan)
     assert ("/dw/Conv", 0) in points.activations and ("/res/Add", 1) not in points.activations
@@ -224,10 +224,10 @@ def test_unsupported_op_and_short_data_are_errors(tiny: tuple) -> None:  # type:
         FinetuneOptions(lr=0)
 
 
-def test_cli_finetune_needs_a_target(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
+def test_cli_finetune_needs_a_goal(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
                 "--finetune", "-o", str(tmp_path / "s"))
-    assert r.returncode == 2 and "--finetune only apply with --target" in r.stderr
+    assert r.returncode == 2 and "--finetune only apply with --goal" in r.stderr
     assert not (tmp_path / "s").exists()
 
 
@@ -267,7 +267,7 @@ def test_cli_sensitivity_finetune_writes_a_verified_finetuned_model(
 ) -> None:
     out = tmp_path / "s"
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
-                "--num-images", "16", "--verify-images", "16", "--preset", "cnn", "--target", "0.999",
+                "--num-images", "16", "--verify-images", "16", "--preset", "cnn", "--goal", "0.999",
                 "--max-kept", "2", "--finetune", "--finetune-samples", "48", "--finetune-lr", "2e-5", "-o", str(out),
                 "--json")
     assert r.returncode == 0, r.stderr
@@ -311,7 +311,7 @@ def test_cli_calibrate_finetune_is_deterministic_and_consistent(tmp_path: Path, 
     ft = summary["finetune"]
     assert ft["options"]["samples"] == 32 and ft["history"][-1]["samples"] == 32
     # calibration.finetuned.cache holds the trained ranges; calibration.cache the original model's thresholds
-    from vqz_edge.calib.cache import read_cache
+    from vqz_edge.artifacts.calib_cache import read_cache
 
     tuned_cache = read_cache(outs[0] / "calibration.finetuned.cache")
     cache = read_cache(outs[0] / "calibration.cache")

@@ -147,7 +147,7 @@ def test_fuzzed_numeric_options(idx: int, text: str, capsys: pytest.CaptureFixtu
     (["run", "m.onnx", "--input", "x.npy", "--threads", "-2"], "--threads: must be a non-negative"),
     (["vlm", "plan", "x", "--image-size", "0x-5"], "must have positive dimensions"),
     (["check-memory", "m.onnx", "--os-reserve-mib", "1e400"], "finite"),
-    (["sensitivity", "m", "--calibration", "c", "--data", "d", "--target", "nan"], "finite"),
+    (["sensitivity", "m", "--calibration", "c", "--data", "d", "--goal", "nan"], "finite"),
 ])
 def test_issue_cases_are_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

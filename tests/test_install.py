@@ -159,7 +159,7 @@ def test_keep_prunes_old_releases(bundles: dict[str, Path], tmp_path: Path) -> N
 
 def test_failed_smoke_test_does_not_switch(bundles: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A build whose outputs do not match the bundle's reference is never switched to."""
-    import vqz_edge.bundle.install as inst
+    import vqz_edge.bundle.build as build
 
     root = tmp_path / "root"
     v1 = install_bundle(bundles["v1"], root, opts(bundles))
@@ -168,7 +168,7 @@ def test_failed_smoke_test_does_not_switch(bundles: dict[str, Path], tmp_path: P
         onnx.save(tiny_model(99), out / "model.onnx")  # a real model, but not the one in the bundle
         return {"served": "model.onnx", "mode": "fp32"}
 
-    monkeypatch.setattr(inst, "_build_onnxruntime", wrong_build)
+    monkeypatch.setattr(build, "_build_onnxruntime", wrong_build)
     with pytest.raises(VerificationError, match="smoke test failed"):
         install_bundle(bundles["v2"], root, opts(bundles))
     st = status(root)

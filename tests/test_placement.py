@@ -12,7 +12,7 @@ from vqz_edge import ort as ortu
 from vqz_edge.calib.qdq import insert_qdq
 from vqz_edge.errors import CalibrationError
 from vqz_edge.policy.placement import PlacementOptions, place
-from vqz_edge.policy.resolve import resolve_spec
+from vqz_edge.policy.resolve import resolve_plan
 
 
 def _init(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorProto:
@@ -87,12 +87,12 @@ def test_conv_residual_add_quantizes_the_skip_input_only() -> None:
     # MobileNet identity block: r is the skip, the project Conv's output p is fused
     assert p.sites["id_add"].activations == (0,)
     assert p.sites["main2"].weights == ((1, 0),) and p.sites["stem"].activations == (0,)
-    plan = resolve_spec(model, model_name="m", onnx_sha256="x", preset="none").plan
+    plan = resolve_plan(model, model_name="m", onnx_sha256="x", preset="none").plan
     amax = {t: 2.0 for t in ("x", "h", "ar", "d", "b", "r", "er", "p")}
     q, report = insert_qdq(model, amax, plan)
     assert _qdq_inputs(q, "id_add") == [True, False] and _qdq_inputs(q, "res_add") == [True, False]
     assert report.activations == 6  # x, h (stem -> main1, down), ar, d (the shortcut), r (expand, id_add), er
-    seed, _ = insert_qdq(model, amax, resolve_spec(model, model_name="m", onnx_sha256="x", preset="none",
+    seed, _ = insert_qdq(model, amax, resolve_plan(model, model_name="m", onnx_sha256="x", preset="none",
                                                    placement=place(model, PlacementOptions("both"))).plan,
                          placement=place(model, PlacementOptions("both")))
     assert _qdq_inputs(seed, "id_add") == [True, True]  # the seed's placement, for comparison
@@ -107,7 +107,7 @@ def test_transformer_residual_stream_stays_float_attention_and_gemv() -> None:
     assert p.sites["q_proj"].pattern == "linear" and p.sites["q_proj"].weights == ((1, 1),)
     assert p.excluded["head"][0] == "gemv"  # (N, 1, 8) x (8, 3): one row per sample
     assert "out_bias" not in p.sites and "out_bias" not in p.excluded  # a bias Add is not a candidate at all
-    plan = resolve_spec(model, model_name="t", onnx_sha256="x", preset="none").plan
+    plan = resolve_plan(model, model_name="t", onnx_sha256="x", preset="none").plan
     residual = next(x for x in plan.layers if x.name == "residual")
     assert residual.precision == "fp16" and not residual.quantizable and "float_add" in residual.rule
     amax = {t: 3.0 for t in ("x", "ln", "q", "k", "kt", "v", "p", "o", "o2", "pooled")}
@@ -127,7 +127,7 @@ def test_transformer_residual_stream_stays_float_attention_and_gemv() -> None:
 
 def test_a_plan_from_another_placement_is_refused_by_name() -> None:
     model = transformer_block()
-    seed_plan = resolve_spec(model, model_name="t", onnx_sha256="x", preset="none",
+    seed_plan = resolve_plan(model, model_name="t", onnx_sha256="x", preset="none",
                              placement=place(model, PlacementOptions("both"))).plan
     assert next(x for x in seed_plan.layers if x.name == "residual").precision == "int8"
     with pytest.raises(CalibrationError, match="'residual'"):
@@ -160,7 +160,7 @@ def _auto(target: float) -> tuple[object, object]:
     from vqz_edge.sensitivity.sweep import SweepOptions, TargetOptions, auto_plan, pinned_layers, sweep
 
     model = transformer_block()
-    base = resolve_spec(model, model_name="t", onnx_sha256="x", preset="vit").plan
+    base = resolve_plan(model, model_name="t", onnx_sha256="x", preset="vit").plan
     rng = np.random.default_rng(3)
     batches = [rng.standard_normal((4, 5, 8)).astype(np.float32) * 2 for _ in range(2)]
     amax = {t: 2.5 for t in ("x", "ln", "q", "kt", "v", "p", "o", "o2", "pooled")}

@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.bundle_fixtures import SPEC, make_calibration_dir, tiny_model
-from vqz_edge.calib.cache import CalibrationCache, write_cache
+from vqz_edge.artifacts.calib_cache import CalibrationCache, write_cache
 from vqz_edge.cli import main
 
 
@@ -130,8 +130,8 @@ def test_sensitivity_on_nan_data_and_impossible_targets(tiny: dict[str, Path], t
     base = ["sensitivity", str(tiny["model"]), "--calibration", str(cal), "--num-images", "8", "-q"]
     rc, _, err = _run(capsys, *base, "--data", str(tiny["nan"]))
     assert rc == 2 and "sample 3 holds nan" in err
-    rc, _, err = _run(capsys, *base, "--data", str(tiny["good"]), "--target", "5")
-    assert rc == 2 and "--target 5.0 is impossible for --metric cosine" in err
+    rc, _, err = _run(capsys, *base, "--data", str(tiny["good"]), "--goal", "5")
+    assert rc == 2 and "--goal 5.0 is impossible for --metric cosine" in err
     rc, _, err = _run(capsys, *base, "--data", str(tiny["good"]), "-o", str(cal))
     assert rc == 2 and "is the calibration directory itself" in err
     blocker = tmp_path / "file"

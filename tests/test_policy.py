@@ -10,13 +10,13 @@ import pytest
 
 from tests.conftest import run_cli
 from vqz_edge.errors import SpecError
-from vqz_edge.policy import resolve_spec
-from vqz_edge.policy.resolve import resolve, scope_of
+from vqz_edge.policy import resolve, resolve_plan, resolve_spec
+from vqz_edge.policy.resolve import scope_of
 from vqz_edge.spec import PrecisionRule, load_spec
 
 
 def _res(model: onnx.ModelProto, rules: list[PrecisionRule], preset: str = "none"):  # type: ignore[no-untyped-def]
-    return resolve_spec(model, model_name="m", onnx_sha256="x", rules=rules, preset=preset)
+    return resolve_plan(model, model_name="m", onnx_sha256="x", rules=rules, preset=preset)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,18 @@ def test_vit_preset_on_exported_vit(tiny_vit_onnx: Path) -> None:
 
 def test_resolve_without_preset_keeps_everything_int8(tiny_vit_onnx: Path) -> None:
     model = onnx.load(str(tiny_vit_onnx))
-    plan = resolve(model, model_name="v", onnx_sha256="x").plan
+    plan = resolve_plan(model, model_name="v", onnx_sha256="x").plan
     assert {layer.precision for layer in plan.layers if layer.quantizable} == {"int8"}
     softmax = [layer for layer in plan.layers if layer.op_type == "Softmax"]
     assert len(softmax) == 2 and all(not s.quantizable for s in softmax)
+
+
+def test_the_old_names_warn_and_give_the_same_plan(residual: onnx.ModelProto) -> None:
+    rules = [PrecisionRule(precision="fp16", op_type="Add")]
+    with pytest.warns(DeprecationWarning, match="use resolve_plan"):
+        old = resolve_spec(residual, model_name="m", onnx_sha256="x", rules=rules)  # its default preset: cnn
+    assert old == resolve_plan(residual, rules, model_name="m", onnx_sha256="x", preset="cnn")
+    with pytest.warns(DeprecationWarning, match="use resolve_plan"):
+        old = resolve(residual, rules, model_name="m", onnx_sha256="x")
+    assert old == resolve_plan(residual, rules, model_name="m", onnx_sha256="x")
+    assert old != resolve_plan(residual, rules, model_name="m", onnx_sha256="x", preset="cnn")  # the head: FP32

@@ -75,11 +75,11 @@ def test_console_tables(vit_result: tuple[SensitivityResult, dict[str, AbsHistog
 
 
 def test_transformer_precision_map_shows_pinned_layers(vit_result: tuple[SensitivityResult, dict[str, AbsHistogram]]) -> None:
-    from vqz_edge.policy import resolve_spec
+    from vqz_edge.policy import resolve_plan
     from vqz_edge.report.plots import precision_map
 
     result, _ = vit_result
     model = onnx.load(str(Path(result.calibration).parent / "vit.onnx"))
-    plan = resolve_spec(model, model_name="vit", onnx_sha256="x", preset="vit").plan
+    plan = resolve_plan(model, model_name="vit", onnx_sha256="x", preset="vit").plan
     png = precision_map(plan, "tiny ViT, vit preset")
     assert png.startswith(PNG) and png == precision_map(plan, "tiny ViT, vit preset")

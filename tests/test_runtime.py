@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from vqz_edge.engine_manifest import EngineMismatchError, ManifestError, load_manifest, verify_manifest
+from vqz_edge.artifacts.engine_manifest import (
+    EngineMismatchError,
+    ManifestError,
+    load_manifest,
+    verify_manifest,
+)
 from vqz_edge.errors import DependencyError, InputError
 from vqz_edge.memory import BudgetError
 from vqz_edge.runtime import open_runner
@@ -128,7 +133,7 @@ def test_engine_needs_tensorrt_here(tmp_path: Path) -> None:
         open_runner(d)
     assert e.value.exit_code == 3
     with pytest.raises(InputError, match="ONNX Runtime runs .onnx files"):
-        open_runner(d, backend="ort")
+        open_runner(d, backend="onnxruntime")
 
 
 # ------------------------------------------------------------------------------------------ ONNX Runtime backend

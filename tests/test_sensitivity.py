@@ -13,13 +13,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import run_cli
-from vqz_edge.calib.datasource import open_data
 from vqz_edge.calib.evaluate import evaluate
 from vqz_edge.calib.histogram import AbsHistogram
 from vqz_edge.calib.qdq import insert_qdq
+from vqz_edge.data.source import open_data
 from vqz_edge.errors import InputError
 from vqz_edge.onnx_io import graph_inputs
-from vqz_edge.policy.resolve import resolve, resolve_spec
+from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.sensitivity import (
     Evaluator,
     SweepOptions,
@@ -94,7 +94,7 @@ def test_block_of() -> None:
 
 def test_units_name_exactly_what_insert_qdq_quantizes(mobilenet_onnx: Path) -> None:
     model = onnx.load(str(mobilenet_onnx))
-    base = resolve(model, model_name="m", onnx_sha256="x").plan
+    base = resolve_plan(model, model_name="m", onnx_sha256="x").plan
     units = build_units(model, base, "block")
     assert [u.name for u in units] == [f"features.{i}" for i in range(19)] + ["classifier.1"]
     cands = {n for u in units for n in u.nodes}
@@ -112,7 +112,7 @@ def test_evaluator_metrics_equal_vqz_evaluate(mobilenet_onnx: Path, mobilenet_ca
     model = onnx.load(str(mobilenet_onnx))
     cal = load_calibration(mobilenet_calibrated)
     batches = list(open_data("demo", graph_inputs(model)[0], count=12, split="evaluation").batches(6))
-    base = resolve(model, model_name="m", onnx_sha256="x").plan
+    base = resolve_plan(model, model_name="m", onnx_sha256="x").plan
     ev = Evaluator(model, cal.amax, batches, sources=[f"s{i % 3}" for i in range(12)])
     m = ev.evaluate(base)
     ref = evaluate(model, ev.qdq_model(base), batches, total_batches=2, data_description="t").primary
@@ -220,7 +220,7 @@ def test_minilm_sweep_and_automatic_plan_meets_its_target(
     model, batches = minilm
     hists = collect_feeds(model, batches)
     amax = amax_from_histograms(hists, "entropy")
-    base = resolve_spec(model, model_name="minilm", onnx_sha256="x", preset="none").plan
+    base = resolve_plan(model, model_name="minilm", onnx_sha256="x", preset="none").plan
     ev = Evaluator(model, amax, batches)
     ranked, all_int8 = sweep(model, ev, base, SweepOptions(granularity="block"))
     assert {f"bert.encoder.layer.{i}" for i in range(6)} <= {r.unit.name for r in ranked}
@@ -248,7 +248,7 @@ def test_minilm_sweep_and_automatic_plan_meets_its_target(
 def test_cli_sensitivity_block_sweep_with_target(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
     out, rep = tmp_path / "out", tmp_path / "report"
     r = run_cli("sensitivity", str(mobilenet_onnx), "--calibration", str(mobilenet_calibrated), "--data", "demo",
-                "--granularity", "block", "--num-images", "24", "--verify-images", "24", "--target", "0.99",
+                "--granularity", "block", "--num-images", "24", "--verify-images", "24", "--goal", "0.99",
                 "-o", str(out), "--report", str(rep), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -270,7 +270,7 @@ def test_cli_sensitivity_block_sweep_with_target(tmp_path: Path, mobilenet_onnx:
     assert all(rule.precision == "fp16" and rule.node for rule in spec.precision.rules)
     model = onnx.load(str(mobilenet_onnx))
     plan = json.loads((out / "plan.json").read_text())
-    again = resolve_spec(model, model_name=plan["model"], onnx_sha256=plan["onnx_sha256"],
+    again = resolve_plan(model, model_name=plan["model"], onnx_sha256=plan["onnx_sha256"],
                          rules=spec.precision.rules, preset=spec.precision.preset).plan
     assert again.to_dict() == plan
     kept = {layer["name"] for layer in plan["layers"] if layer["quantizable"] and layer["precision"] != "int8"}
@@ -306,7 +306,7 @@ def test_threshold_refinement_never_worsens_the_calibration_loss(mobilenet_onnx:
 
     model = onnx.load(str(mobilenet_onnx))
     cal = load_calibration(mobilenet_calibrated)
-    base = resolve(model, model_name="m", onnx_sha256="x").plan
+    base = resolve_plan(model, model_name="m", onnx_sha256="x").plan
     units = build_units(model, base)[:3]
     batches = list(open_data("demo", graph_inputs(model)[0], count=8, split="calibration").batches(8))
     ev = Evaluator(model, cal.amax, batches)
@@ -323,7 +323,7 @@ def test_threshold_refinement_never_worsens_the_calibration_loss(mobilenet_onnx:
 
 
 def test_rechosen_thresholds_are_written_as_a_cache(tmp_path: Path, mobilenet_onnx: Path, mobilenet_calibrated: Path) -> None:
-    from vqz_edge.calib.cache import read_cache
+    from vqz_edge.artifacts.calib_cache import read_cache
     from vqz_edge.calib.thresholds import compute_amax
     from vqz_edge.sensitivity import cache_version, write_outputs
 

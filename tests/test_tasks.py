@@ -28,7 +28,7 @@ from vqz_edge.calib.tasks import (
 )
 from vqz_edge.cli import task_options
 from vqz_edge.errors import InputError
-from vqz_edge.policy.resolve import resolve_spec
+from vqz_edge.policy.resolve import resolve_plan
 from vqz_edge.sensitivity.evaluator import METRICS, Evaluator
 
 
@@ -135,7 +135,7 @@ def _detector() -> onnx.ModelProto:
 
 
 def _int8(model: onnx.ModelProto, amax: dict[str, float]) -> onnx.ModelProto:
-    plan = resolve_spec(model, model_name="t", onnx_sha256="x", preset="none").plan
+    plan = resolve_plan(model, model_name="t", onnx_sha256="x", preset="none").plan
     return insert_qdq(model, amax, plan)[0]
 
 
@@ -151,7 +151,7 @@ def test_dense_task_through_evaluate_and_the_sensitivity_evaluator() -> None:
     assert [o["name"] for o in rep.outputs] == ["y"]  # the pre-activation map is read, not reported as an output
     same = evaluate(model, model, [x], total_batches=1, data_description="random", task=TaskSpec("dense"))
     assert same.task is not None and same.task["map_correlation"] == pytest.approx(1.0) and same.task["miou"] == 1.0
-    plan = resolve_spec(model, model_name="t", onnx_sha256="x", preset="none").plan
+    plan = resolve_plan(model, model_name="t", onnx_sha256="x", preset="none").plan
     ev = Evaluator(model, {"x": 2.5, "hr": 3.0}, [x[:3], x[3:]], task=TaskSpec("dense"))
     m = ev.evaluate(plan)
     assert m.value("map_correlation") == pytest.approx(t["map_correlation"], abs=1e-9)

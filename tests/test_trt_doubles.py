@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.bundle_fixtures import NV_TEGRA_60, NV_TEGRA_61, fake_jetson, make_calibration_dir
 from tests.doubles import TRT_KEYS, DoubleHandles, install_doubles, trt_double
-from vqz_edge.calib.cache import CalibrationCache, write_cache
-from vqz_edge.engine_manifest import load_manifest
+from vqz_edge.artifacts.calib_cache import CalibrationCache, write_cache
+from vqz_edge.artifacts.engine_manifest import load_manifest
 from vqz_edge.errors import DependencyError, EngineBuildError
 from vqz_edge.spec import load_spec
 from vqz_edge.targets import get_target
@@ -184,8 +184,8 @@ def test_defect2_plugin_engine_deserialises_in_a_fresh_process(key: str, tmp_pat
     """8.x: the parser registers the plugins, so the engine builds; a fresh process must register them again
     before deserialising (the runtime used to fail there)."""
     from vqz_edge.runtime import open_runner
-    from vqz_edge.trt.builder import EngineConfig, build_engine
     from vqz_edge.trt.constraints import ProfileShapes, decide_build
+    from vqz_edge.trt.engine import EngineConfig, build_engine
 
     install_doubles(monkeypatch, key)
     path = _plugin_model(tmp_path / "inorm.onnx")
@@ -204,8 +204,8 @@ def test_defect2_plugin_engine_deserialises_in_a_fresh_process(key: str, tmp_pat
 
 def test_defect2_trt10_parser_needs_registered_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """10.x's parser does not register plugins itself: parsing a plugin-backed node failed unless the caller had."""
-    from vqz_edge.trt.builder import EngineConfig, build_engine
     from vqz_edge.trt.constraints import ProfileShapes, decide_build
+    from vqz_edge.trt.engine import EngineConfig, build_engine
 
     h = install_doubles(monkeypatch, "10.3")
     trt = h.trt
@@ -233,8 +233,8 @@ def test_defect2_trt10_parser_needs_registered_plugins(tmp_path: Path, monkeypat
 
 
 def _write_engine_dir(d: Path, built: Any, mode: str, dla_core: int | None = None) -> Path:
+    from vqz_edge.artifacts.engine_manifest import build_manifest, write_engine_and_manifest
     from vqz_edge.device import read_gpu
-    from vqz_edge.engine_manifest import build_manifest, write_engine_and_manifest
 
     gpu = read_gpu()
     assert gpu is not None
@@ -450,8 +450,8 @@ def test_plan_layer_running_int8_fails_the_build(tmp_path: Path, monkeypatch: py
 
 
 def test_parser_errors_name_the_node_on_each_version(double: DoubleHandles, tmp_path: Path) -> None:
-    from vqz_edge.trt.builder import EngineConfig, build_engine
     from vqz_edge.trt.constraints import ProfileShapes, decide_build
+    from vqz_edge.trt.engine import EngineConfig, build_engine
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])

@@ -135,7 +135,7 @@ def test_cli_image_retrieval_tiny_clip(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_text_retrieval_minilm_int8(tmp_path: Path, minilm_onnx: Path) -> None:
     from vqz_edge.calib.qdq import insert_qdq
-    from vqz_edge.policy import resolve_spec
+    from vqz_edge.policy import resolve_plan
     from vqz_edge.sensitivity.stats import amax_from_histograms, collect_feeds
 
     model = onnx.load(str(minilm_onnx))
@@ -144,7 +144,7 @@ def test_cli_text_retrieval_minilm_int8(tmp_path: Path, minilm_onnx: Path) -> No
     feeds = hf.tokenize(calib_text)
     amax = amax_from_histograms(collect_feeds(model, [{k: v[i : i + 16] for k, v in feeds.items()}
                                                       for i in range(0, len(calib_text), 16)]))
-    plan = resolve_spec(model, model_name="minilm", onnx_sha256="x", preset="vit").plan
+    plan = resolve_plan(model, model_name="minilm", onnx_sha256="x", preset="vit").plan
     onnx.save(insert_qdq(model, amax, plan)[0], str(tmp_path / "minilm.int8.onnx"))
     r = run_cli("evaluate", str(minilm_onnx), str(tmp_path / "minilm.int8.onnx"), "--task", "retrieval",
                 "--data", "sentences", "--json")

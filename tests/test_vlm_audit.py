@@ -15,7 +15,6 @@ from tests.conftest import run_cli
 from vqz_edge.vlm.audit import audit_directory, audit_model, load_model, require_pass
 from vqz_edge.vlm.configs import load_vlm_config
 from vqz_edge.vlm.errors import AuditFailed
-from vqz_edge.vlm.memory import component_precisions, weight_bytes
 from vqz_edge.vlm.params import count_params
 from vqz_edge.vlm.quantconfig import (
     NAIVE_SKIP_MODULES,
@@ -27,6 +26,7 @@ from vqz_edge.vlm.quantconfig import (
     write_quantization_config,
 )
 from vqz_edge.vlm.tiny import build_tiny_model, save_tiny_model
+from vqz_edge.vlm.weights import component_precisions, weight_bytes
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes (and accelerate) are needed to load NF4 models on the CPU")
 pytest.importorskip("accelerate", reason="transformers' bitsandbytes integration requires accelerate")

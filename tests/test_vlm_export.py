@@ -13,10 +13,10 @@ import torch
 
 from tests.conftest import run_cli
 from vqz_edge import ort as ortu
+from vqz_edge.artifacts.plan import ResolvedPlan
 from vqz_edge.data.images import Preprocessing, demo_crops
 from vqz_edge.errors import VerificationError
 from vqz_edge.fsutil import sha256_file
-from vqz_edge.policy.plan import ResolvedPlan
 from vqz_edge.vlm.errors import VlmConfigError
 from vqz_edge.vlm.export import CLIP_MEAN, CLIP_STD, VisionExportOptions, export_vision, token_cosines
 from vqz_edge.vlm.quantconfig import read_quantization_config

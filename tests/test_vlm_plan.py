@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import run_cli
 from vqz_edge.memory import MIB, MemoryItem, check_budget, runtime_overhead
 from vqz_edge.targets import get_target, list_targets
+from vqz_edge.vlm.activations import kv_cache_bytes
 from vqz_edge.vlm.configs import (
     SHIPPED,
     TEXT_DEFAULTS,
@@ -23,18 +24,12 @@ from vqz_edge.vlm.configs import (
     parse_vlm_config,
 )
 from vqz_edge.vlm.errors import PrecisionRefused, VlmConfigError
-from vqz_edge.vlm.memory import (
-    PlanOptions,
-    bits_per_weight,
-    kv_cache_bytes,
-    linear_weight_bytes,
-    llava_next_tokens,
-    plan_vlm,
-    visual_tokens,
-)
 from vqz_edge.vlm.params import compare_counts, count_params, count_params_meta
+from vqz_edge.vlm.planner import PlanOptions, plan_vlm
 from vqz_edge.vlm.table import SEED_TABLE, explain, ours_bytes, seed_rows
 from vqz_edge.vlm.tiny import tiny_config_dict
+from vqz_edge.vlm.tokens import llava_next_tokens, visual_tokens
+from vqz_edge.vlm.weights import bits_per_weight, linear_weight_bytes
 
 # ------------------------------------------------------------------------------------ hand computations
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from .data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .errors import SpecError, require_file
+from .vocab import CALIBRATION_METHODS, PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,8 +52,6 @@ else:  # pragma: no cover
 
 SPEC_VERSION = 1
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
-CALIBRATION_METHODS = ("entropy", "max", "percentile", "mse", "auto")
-PRECISIONS = ("fp32", "fp16", "int8", "int4", "nf4")
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

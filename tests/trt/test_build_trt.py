@@ -157,7 +157,7 @@ def test_fp16_engine(workdir: Path) -> None:
 def test_int8_implicit_from_offline_cache(workdir: Path) -> None:
     import tensorrt
 
-    from vqz_edge.calib.cache import read_cache
+    from vqz_edge.artifacts.calib_cache import read_cache
     from vqz_edge.versions import parse_trt_version
 
     version = parse_trt_version(str(tensorrt.__version__))
@@ -197,9 +197,9 @@ def test_parser_errors_name_the_node(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     from vqz_edge.errors import EngineBuildError
-    from vqz_edge.trt.builder import EngineConfig, build_engine
     from vqz_edge.trt.compat import import_tensorrt, runtime_version
     from vqz_edge.trt.constraints import ProfileShapes, decide_build
+    from vqz_edge.trt.engine import EngineConfig, build_engine
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])

@@ -41,11 +41,11 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory, mobilenet_onnx: Path) -
     """The demo MobileNetV2 built with vqz-edge's builder (FP16 where TensorRT has the flag, else strongly
     typed FP32), dynamic batch 1..4, and the manifest the builder writes."""
     _cuda()
+    from vqz_edge.artifacts.engine_manifest import build_manifest, write_engine_and_manifest
     from vqz_edge.device import read_gpu
-    from vqz_edge.engine_manifest import build_manifest, write_engine_and_manifest
-    from vqz_edge.trt.builder import EngineConfig, build_engine
     from vqz_edge.trt.compat import import_tensorrt, runtime_version
     from vqz_edge.trt.constraints import BuildDecision, ProfileShapes
+    from vqz_edge.trt.engine import EngineConfig, build_engine
 
     version = runtime_version(import_tensorrt())
     weak = version.supports_weak_typing
@@ -94,7 +94,7 @@ def test_trt_matches_onnxruntime(engine_dir: Path, mobilenet_onnx: Path) -> None
 
 
 def test_mismatched_manifest_refused(engine_dir: Path, tmp_path: Path) -> None:
-    from vqz_edge.engine_manifest import EngineMismatchError
+    from vqz_edge.artifacts.engine_manifest import EngineMismatchError
     from vqz_edge.runtime import open_runner
 
     bad = tmp_path / "bad"

@@ -22,21 +22,12 @@ Heavy dependencies (onnxruntime, onnx, cryptography, TensorRT) are imported insi
 
 from .create import BundleOptions, BundleResult, create_bundle
 from .errors import BundleIntegrityError, InstallRefusedError, UnsafeBundleError
-from .install import (
-    CRASH_ENV,
-    CRASH_POINTS,
-    InstallOptions,
-    InstallResult,
-    InstallRoot,
-    install_bundle,
-    refresh,
-    rollback,
-    status,
-)
+from .install import InstallOptions, InstallResult, install_bundle, refresh, rollback, status
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME, Compatibility, Manifest, parse_manifest
 from .plan_header import PlanHeader, check_plan_version, parse_plan_header, read_plan_header
 from .reader import VerifiedBundle, verify_bundle
 from .signing import KeyPair, generate_keypair, load_private_key, load_public_key
+from .store import CRASH_ENV, CRASH_POINTS, InstallRoot
 from .tarball import safe_extract, scan_tar, tar_bytes, write_tar
 
 __all__ = [

@@ -16,10 +16,20 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..artifacts.calib_cache import cache_bytes, read_cache
+from ..artifacts.calib_dir import check_calibration_set
+from ..artifacts.plan import ResolvedPlan
+from ..data.source import open_data
 from ..errors import InputError, VerificationError
 from ..fsutil import atomic_path, check_output_path, sha256_bytes, sha256_file
 from ..log import get_logger
+from ..onnx_io import TensorInfo, check_spec_inputs, graph_inputs, graph_outputs, load_model
+from ..ort import session
 from ..progress import ProgressFactory, make_bar
+from ..spec import load_spec
+from ..targets import get_target, jetpack_info, jetpack_table
+from ..versions import parse_trt_version
+from ..vocab import CACHE_FILE, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE
 from .manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -30,6 +40,7 @@ from .manifest import (
     TensorRef,
     version_tuple,
 )
+from .signing import load_private_key, private_key_id, sign_manifest
 from .smoke import compare, ort_run_fn, run_batched
 from .tarball import Source, write_tar
 
@@ -95,8 +106,6 @@ class BundleResult:
 
 
 def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[Path, ...]) -> tuple[Compatibility, list[Any]]:
-    from ..targets import jetpack_info, jetpack_table
-
     if jetpacks:
         rows = [jetpack_info(v, targets_files) for v in jetpacks]
     else:
@@ -123,9 +132,6 @@ def _compatibility(target: Any, jetpacks: tuple[str, ...], targets_files: tuple[
 
 
 def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) -> tuple[bytes, dict[str, Any]]:
-    from ..calib.cache import cache_bytes, read_cache
-    from ..versions import parse_trt_version
-
     cache = read_cache(path)
     tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
     foreign = sorted(set(cache.scales) - tensors)
@@ -137,7 +143,7 @@ def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) ->
         )
     code = parse_trt_version(trt_version).code
     info: dict[str, Any] = {
-        "file": "calibration.cache",
+        "file": CACHE_FILE,
         "trt_version": trt_version,
         "header": f"TRT-{code}-{cache.algorithm}",
         "tensors": len(cache.scales),
@@ -151,8 +157,6 @@ def _stamped_cache(path: Path, trt_version: str, model: Any, onnx_path: Path) ->
 
 
 def _check_plan(path: Path, onnx_sha256: str) -> bytes:
-    from ..policy.plan import ResolvedPlan
-
     data = path.read_bytes()
     try:
         plan = ResolvedPlan.from_dict(json.loads(data.decode("utf-8")))
@@ -170,10 +174,6 @@ def _check_plan(path: Path, onnx_sha256: str) -> bytes:
 def _reference_inputs(spec: Any, onnx_path: Path, n: int) -> dict[str, np.ndarray]:
     """``n`` real samples for each model input: the spec's data (demo photos by default) for a single 4-D
     image input, evaluation split; seeded random data for other inputs."""
-    from ..calib.datasource import open_data
-    from ..onnx_io import TensorInfo
-    from ..ort import session
-
     sess = session(onnx_path, optimize=False)
     ins = sess.get_inputs()
     feeds: dict[str, np.ndarray] = {}
@@ -211,9 +211,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progress: ProgressFactory | None = None) -> BundleResult:
     """Assemble, check, sign and write the bundle for ``options.target``. Writes nothing on failure."""
-    from ..spec import load_spec
-    from ..targets import get_target
-
     out = check_output_path(Path(out))
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
@@ -225,31 +222,26 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         )
     private_key = None
     if options.sign_key is not None:
-        from .signing import load_private_key
-
         private_key = load_private_key(options.sign_key)  # fail before the heavy work
     cal = Path(options.calibration_dir) if options.calibration_dir else Path("calibration") / spec.model.name
-    onnx_path = cal / "model.onnx"
+    onnx_path = cal / ONNX_FILE
     if not onnx_path.is_file():
         raise InputError(
             f"{onnx_path} does not exist",
             hint="run vqz-edge demo (or export + calibrate) first, or point --calibration-dir at the model's folder",
         )
-    from ..calib.outputs import check_calibration_set
-    from ..onnx_io import check_spec_inputs, graph_inputs, graph_outputs, load_model
-
     model = load_model(onnx_path)
     check_spec_inputs(spec.inputs, model, str(onnx_path), spec_path)
     # the calibration outputs must be one run's set, made for this model.onnx (plan.json has its own stamp)
-    check_calibration_set(cal, used=("calibration.cache", "model.qdq.onnx"), model_sha256=sha256_file(onnx_path))
+    check_calibration_set(cal, used=(CACHE_FILE, QDQ_ONNX_FILE), model_sha256=sha256_file(onnx_path))
     notes: list[str] = []
     bar = make_bar(progress, "bundle (steps)", 6)
     try:
         comp, rows = _compatibility(target, options.jetpack, options.targets_files)
-        entries: dict[str, Source] = {"model.onnx": onnx_path}
-        artifacts: dict[str, str] = {"onnx": "model.onnx"}
-        hashes: dict[str, str] = {"model.onnx": sha256_file(onnx_path)}
-        qdq = cal / "model.qdq.onnx"
+        entries: dict[str, Source] = {ONNX_FILE: onnx_path}
+        artifacts: dict[str, str] = {"onnx": ONNX_FILE}
+        hashes: dict[str, str] = {ONNX_FILE: sha256_file(onnx_path)}
+        qdq = cal / QDQ_ONNX_FILE
         if qdq.is_file():
             q = load_model(qdq)
             if ([(i.name, i.shape) for i in graph_inputs(q)] != [(i.name, i.shape) for i in graph_inputs(model)]
@@ -259,14 +251,14 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
                     f"{[o.name for o in graph_outputs(q)]} are not those of {onnx_path}",
                     hint="calibrate this model.onnx (vqz-edge calibrate) so the cache, Q/DQ model and plan match it",
                 )
-            entries["model.qdq.onnx"] = qdq
-            artifacts["qdq_onnx"] = "model.qdq.onnx"
-            hashes["model.qdq.onnx"] = sha256_file(qdq)
+            entries[QDQ_ONNX_FILE] = qdq
+            artifacts["qdq_onnx"] = QDQ_ONNX_FILE
+            hashes[QDQ_ONNX_FILE] = sha256_file(qdq)
         cache_info = None
-        if (cal / "calibration.cache").is_file():
-            data, cache_info = _stamped_cache(cal / "calibration.cache", target.default_trt_version, model, onnx_path)
-            entries["calibration.cache"] = data
-            artifacts["calibration_cache"] = "calibration.cache"
+        if (cal / CACHE_FILE).is_file():
+            data, cache_info = _stamped_cache(cal / CACHE_FILE, target.default_trt_version, model, onnx_path)
+            entries[CACHE_FILE] = data
+            artifacts["calibration_cache"] = CACHE_FILE
             if cache_info["restamped_from"] is not None:
                 notes.append(
                     f"calibration cache header restamped from TRT-{cache_info['restamped_from']} to "
@@ -283,10 +275,10 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
                 )
         if "implicit" not in modes and "explicit" not in modes:
             notes.append("no calibration.cache and no model.qdq.onnx: the device can only build FP16")
-        plan_file = cal / "plan.json"
+        plan_file = cal / PLAN_FILE
         if plan_file.is_file():
-            entries["plan.json"] = _check_plan(plan_file, hashes["model.onnx"])
-            artifacts["plan"] = "plan.json"
+            entries[PLAN_FILE] = _check_plan(plan_file, hashes[ONNX_FILE])
+            artifacts["plan"] = PLAN_FILE
         else:
             notes.append(f"no {plan_file}: the device build gets no per-layer precision constraints")
         entries["spec.toml"] = spec_path.read_bytes()
@@ -310,12 +302,11 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
             inputs = {k: v[:n] for k, v in inputs.items()}
         bar.update(1)
         ref_run = ort_run_fn(onnx_path)
-        from ..ort import session
 
         out_names = [o.name for o in session(onnx_path, optimize=False).get_outputs()]
         reference = run_batched(ref_run, inputs, batch, out_names)
         bar.update(1)
-        served = "model.qdq.onnx" if "qdq_onnx" in artifacts else "model.onnx"
+        served = QDQ_ONNX_FILE if "qdq_onnx" in artifacts else ONNX_FILE
         got = run_batched(ort_run_fn(cal / served), inputs, batch, out_names)
         measured = compare(got, reference, 1.0, batch)
         if options.min_cosine is None:
@@ -387,8 +378,6 @@ def create_bundle(spec_path: Path, out: Path, options: BundleOptions, *, progres
         entries[MANIFEST_NAME] = manifest_bytes
         key_id = None
         if private_key is not None:
-            from .signing import private_key_id, sign_manifest
-
             entries[SIGNATURE_NAME] = sign_manifest(manifest_bytes, private_key)
             key_id = private_key_id(private_key)
         else:

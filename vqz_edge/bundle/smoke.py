@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VerificationError
+from ..ort import run as ort_run
+from ..ort import session
 from .manifest import SmokeTest
 
 # feeds (name -> batch) -> outputs (name -> batch)
@@ -113,9 +115,6 @@ def run_smoke(run: RunFn, root: Path, smoke: SmokeTest, batch: int) -> SmokeResu
 
 def ort_run_fn(model: Path) -> RunFn:
     """A RunFn backed by an ONNX Runtime CPU session (the build host, and the onnxruntime backend)."""
-    from ..ort import run as ort_run
-    from ..ort import session
-
     sess = session(Path(model))
     names = [o.name for o in sess.get_outputs()]
 

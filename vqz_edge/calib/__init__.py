@@ -19,22 +19,23 @@ import numpy as np
 import onnx
 
 from .. import __version__
+from ..artifacts.calib_cache import CalibrationCache, cache_bytes
+from ..artifacts.calib_dir import write_calibration_set
+from ..artifacts.plan import ResolvedPlan
+from ..data.source import DataSource, open_data
 from ..errors import CalibrationError, InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
 from ..onnx_io import check_spec_inputs, graph_inputs, load_model, require_finite_weights
-from ..policy.plan import ResolvedPlan
-from ..policy.resolve import Resolution, resolve_spec
+from ..policy.resolve import Resolution, resolve_plan
 from ..progress import ProgressFactory
-from ..spec import CALIBRATION_METHODS, InputSpec, PrecisionRule
+from ..spec import InputSpec, PrecisionRule
 from ..versions import parse_trt_version
-from .cache import CalibrationCache, cache_bytes
+from ..vocab import CALIBRATION_METHODS
 from .collect import calibration_tensors, collect
-from .datasource import DataSource, open_data
 from .finetune import FinetuneOptions, FinetuneResult, finetune_on_data
 from .histogram import AbsHistogram
 from .memory import MemoryPlan
-from .outputs import write_calibration_set
 from .qdq import QdqReport, insert_qdq
 from .thresholds import compute_amax
 
@@ -186,7 +187,7 @@ def calibrate(
     onnx_sha = sha256_bytes(model_bytes)
     name = model_name or model_path.parent.name or model_path.stem
     # resolve the plan first: a bad rule fails before any expensive work
-    resolution = resolve_spec(model, model_name=name, onnx_sha256=onnx_sha, rules=rules, preset=preset,
+    resolution = resolve_plan(model, model_name=name, onnx_sha256=onnx_sha, rules=rules, preset=preset,
                               default=default_precision)
 
     t0 = time.perf_counter()

@@ -12,7 +12,10 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
-from ..errors import InputError, VerificationError, require_file
+from ..data.images import demo_sources, folder_sources
+from ..data.source import open_data
+from ..errors import DataError, InputError, VerificationError, require_file
+from ..export.hf import HARD_NEGATIVES, SENTENCE_PAIRS, minilm_path, tokenize
 from ..onnx_io import graph_inputs, graph_outputs
 from ..progress import ProgressFactory, make_bar
 from .collect import with_outputs
@@ -332,9 +335,6 @@ def image_retrieval_data(spec: str | Path, model_input: Any, per_source: int = 1
                          batch: int = 32) -> tuple[list[dict[str, np.ndarray]], list[str], str]:
     """Crops of held-out photos labelled by source photo: ``per_source`` crops of every image file (the first
     is the whole photo, the others random regions and flips). 'demo' = the demo's evaluation split."""
-    from ..data.images import demo_sources, folder_sources
-    from .datasource import open_data
-
     text = str(spec)
     sources = demo_sources("evaluation") if text == "demo" else folder_sources(Path(text))
     files = [s.name for s in sources for _ in s.paths]
@@ -352,9 +352,6 @@ def text_retrieval_data(spec: str | Path, tokenizer: Path | None, input_names: S
     """Paraphrase pairs labelled by pair: 'sentences' = the built-in set (vqz_edge.export.hf.SENTENCE_PAIRS, plus
     one hard negative per pair as a distractor), or a UTF-8 file with one tab-separated pair per line. Tokenized with ``tokenizer`` (a transformers tokenizer
     directory; default the packaged MiniLM's)."""
-    from ..errors import DataError
-    from ..export.hf import HARD_NEGATIVES, SENTENCE_PAIRS, minilm_path, tokenize
-
     negatives: list[str] = []
     if str(spec) in ("sentences", "demo"):
         pairs = list(SENTENCE_PAIRS)

@@ -26,14 +26,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import ort as ortu
+from ..artifacts.plan import ResolvedPlan
+from ..data.source import DataSource, open_data
 from ..errors import CalibrationError, DependencyError, InputError
 from ..log import get_logger
 from ..onnx_io import TensorInfo, graph_inputs
 from ..policy.placement import Placement, place
-from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from .collect import model_memory
-from .datasource import DataSource, open_data
 from .memory import FINETUNE_FACTOR, FINETUNE_WEIGHT_FACTOR, current_rss, default_budget, fit_batch, fmt_bytes
 from .qdq import per_channel_scale
 

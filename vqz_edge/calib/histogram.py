@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _kernels
-
 NUM_BINS = 2048
 MAX_BINS = 1 << 20  # a range 512x the first batch's: refused (the first batch did not represent the data)
 
@@ -124,6 +122,8 @@ class AbsHistogram:
     def add_counts(self, flat: np.ndarray) -> None:
         """Bin ``flat`` (float32, contiguous, already ``observe``-d) into the counts; releases the GIL."""
         assert self.width is not None
+        from . import _kernels  # numba, compiled on first use: the calib package imports without it
+
         _kernels.abs_bin_counts(flat, self.width, self.first_max_quotient, self.counts)
 
     def update(self, x: np.ndarray, lo: float | None = None, hi: float | None = None) -> None:

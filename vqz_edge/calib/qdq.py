@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..artifacts.plan import ResolvedPlan
 from ..errors import CalibrationError
 from ..log import get_logger
 from ..policy.placement import Placement, place
-from ..policy.plan import ResolvedPlan
 
 _log = get_logger(__name__)
 QDQ_MIN_OPSET = 13

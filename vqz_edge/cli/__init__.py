@@ -1,4 +1,4 @@
-"""The ``vqz-edge`` command line. Every subcommand lives in its own module with ``register`` and ``run``.
+"""The ``vqz-edge`` command line. Every command lives in its own module, named in :data:`COMMANDS`.
 
 Library errors (VqzError) become one clear message on stderr and the error's exit code; ``--json``
 makes a command print exactly one JSON object on stdout.
@@ -13,40 +13,65 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from .. import __version__
 from ..errors import DependencyError, VerificationError, VqzError, storage_error
 from ..log import configure
-from . import options
-
-# The workstation stages (torch export, calibration, sensitivity, VLMs, reports) need Python 3.10+; everything else
-# is the device side and runs on JetPack 5's Python 3.8 as well.
-WORKSTATION_COMMANDS = ("demo", "data", "export", "calibrate", "evaluate", "plan", "sensitivity", "vlm", "fleet")
-
-# Each command is a module vqz_edge/cli/<name>_cmd.py with register(subparsers) and run(args).
-# Listed in --help order; a module that does not exist yet is skipped.
-COMMAND_MODULES = [
-    "demo", "data", "export", "calibrate", "evaluate", "plan", "sensitivity", "build", "targets",
-    "check_memory", "run", "bench", "vlm", "doctor", "keys", "bundle", "install", "rollback", "status", "fleet",
-]
 
 
-def _command_modules() -> list[ModuleType]:
-    mods = []
-    for name in COMMAND_MODULES:
-        full = f"{__name__}.{name}_cmd"
-        try:
-            mods.append(importlib.import_module(full))
-        except ModuleNotFoundError as exc:
-            if exc.name != full:
-                raise
-    return mods
+@dataclass(frozen=True)
+class Command:
+    """One row of the dispatch table: ``module`` (under vqz_edge/cli/) has ``register(subparsers)``, which adds the
+    command's parser with ``summary`` as its help and sets ``func``; ``workstation``: the command needs Python 3.10+
+    (torch export, calibration, sensitivity, VLMs, reports), every other one is the device side and runs on JetPack
+    5's Python 3.8 too."""
+
+    module: str
+    summary: str
+    workstation: bool
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The dispatch table, in --help order. Only the module of the command being run is imported (importlib, by the
+# name here), so `vqz-edge install` on a Jetson loads the device side alone -- never torch, numba or the
+# workstation stages -- and a command module imports what it needs at its top. `vqz-edge --help` lists every
+# command from the summaries here without importing any. A module that fails to import is an error, never skipped.
+COMMANDS: dict[str, Command] = {
+    "demo": Command("demo_cmd", "run the pipeline on the bundled MobileNetV2 + real photos", workstation=True),
+    "data": Command("data_cmd", "photos -> preprocessed .npy arrays, split by source photo", workstation=True),
+    "export": Command("export_cmd", "torch or ONNX -> BatchNorm-free ONNX, verified against the source", workstation=True),
+    "calibrate": Command("calibrate_cmd", "INT8 calibration on the CPU: TensorRT cache + Q/DQ ONNX", workstation=True),
+    "evaluate": Command("evaluate_cmd", "fidelity of a candidate (e.g. INT8 Q/DQ) vs a reference on held-out data", workstation=True),
+    "plan": Command("plan_cmd", "resolve the spec's precision policy into a per-layer plan", workstation=True),
+    "sensitivity": Command("sensitivity_cmd", "layer-wise INT8 sensitivity, calibration diagnostics, automatic mixed-precision plan", workstation=True),
+    "build": Command("build_cmd", "ONNX + calibration + precision plan -> TensorRT engine for a target (run on the device)", workstation=False),
+    "targets": Command("targets_cmd", "list deployment targets (Jetson modules) and the JetPack version table", workstation=False),
+    "check-memory": Command("check_memory_cmd", "will it fit? memory breakdown and verdict per Jetson target", workstation=False),
+    "run": Command("run_cmd", "run an engine or ONNX model on images: top-k labels for classifiers, raw outputs otherwise", workstation=False),
+    "bench": Command("bench_cmd", "latency p50/p90/p99, throughput and peak memory of an engine or ONNX model", workstation=False),
+    "vlm": Command("vlm_cmd", "vision-language models: memory plan, vision export + 4-bit LLM config, quantization audit", workstation=True),
+    "doctor": Command("doctor_cmd", "self-test: run a real NF4 kernel (quantize + matmul) on the GPU before reporting 4-bit available", workstation=False),
+    "keys": Command("keys_cmd", "Ed25519 signing keys for bundles", workstation=False),
+    "bundle": Command("bundle_cmd", "x86 -> device: make a deterministic signed bundle (or 'bundle verify' one)", workstation=False),
+    "install": Command("install_cmd", "device: verify a bundle, build, verify the build, switch 'current' atomically", workstation=False),
+    "rollback": Command("rollback_cmd", "device: switch 'current' back to the previous verified release", workstation=False),
+    "status": Command("status_cmd", "device: what is installed, what happened last (also after a crash)", workstation=False),
+    "fleet": Command("fleet_cmd", "fleet view: which devices run which bundle, what failed and why (from the provisioning records)", workstation=True),
+}
+
+
+def command_module(name: str) -> ModuleType:
+    """The module that implements command ``name`` (its import errors propagate)."""
+    return importlib.import_module(f"{__name__}.{COMMANDS[name].module}")
+
+
+def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only``: the commands whose modules are imported and registered in full (default: all of
+    them), every other command is listed with its summary and nothing else."""
+    full = set(COMMANDS) if only is None else set(only)
     parser = argparse.ArgumentParser(
         prog="vqz-edge",
         description="Edge deployment build system for NVIDIA Jetson Orin.",
@@ -54,53 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vqz-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in _command_modules():
-        mod.register(sub)
+    for name, cmd in COMMANDS.items():
+        if name in full:
+            command_module(name).register(sub)
+        else:
+            sub.add_parser(name, help=cmd.summary, add_help=False)
     return parser
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("output")
-    g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv for debug)")
-    g.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr, no progress bars")
-
-
-def add_finetune_args(p: argparse.ArgumentParser, title: str, when: str) -> argparse._ArgumentGroup:
-    """The --finetune options shared by calibrate and sensitivity (``when``: what is fine-tuned); the group."""
-    f = p.add_argument_group(title)
-    f.add_argument("--finetune", action="store_true",
-                   help=f"{when}, train the INT8 weights and activation ranges to reproduce the FP32 outputs on fresh "
-                   "calibration crops (distillation, no labels; torch on the CPU, ~3.5 min per 4096 MobileNetV2 "
-                   "samples on 2 cores); also writes model.finetuned.onnx and calibration.finetuned.cache")
-    f.add_argument("--finetune-samples", type=options.positive_int, default=4096, help="calibration samples, one pass (default 4096)")
-    f.add_argument("--finetune-lr", type=options.positive_float, default=1e-5, help="Adam step for weights (default 1e-5)")
-    return f
-
-
-def finetune_options(args: argparse.Namespace) -> Any:
-    """FinetuneOptions from add_finetune_args' options, or None without --finetune (ValueError if invalid)."""
-    if not args.finetune:
-        return None
-    from ..calib.finetune import FinetuneOptions
-
-    return FinetuneOptions(samples=args.finetune_samples, lr=args.finetune_lr, max_memory=memory_budget(args))
-
-
-def add_memory_arg(g: argparse._ArgumentGroup) -> None:
-    """--max-memory, shared by the commands that calibrate, sweep or fine-tune."""
-    g.add_argument("--max-memory", metavar="SIZE",
-                   help="memory budget, e.g. 8G, 1500M (default: half of this host's RAM): calibration picks its "
-                   "batch per run and, when one image of every tensor does not fit, several passes over the data; "
-                   "sensitivity and fine-tuning shrink their batches to it")
-
-
-def memory_budget(args: argparse.Namespace) -> int | None:
-    """--max-memory in bytes, or None for the default (InputError for a bad size)."""
-    from ..calib.memory import parse_memory
-
-    text = getattr(args, "max_memory", None)
-    return None if text is None else parse_memory(text)
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (the first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 def _nonfinite_at(obj: Any, where: str = "$") -> str | None:
@@ -136,18 +126,24 @@ def _fail(args: argparse.Namespace, exc: VqzError) -> int:
     return exc.exit_code
 
 
+def _workstation_only(name: str) -> DependencyError:
+    return DependencyError(
+        f"'vqz-edge {name}' is a workstation command and needs Python 3.10 or newer; this is Python "
+        f"{sys.version_info.major}.{sys.version_info.minor}",
+        hint="run it on the x86 workstation; the device commands ("
+        + ", ".join(n for n, c in COMMANDS.items() if not c.workstation) + ") run on Python 3.8",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = _command_in(argv)
+    if name is not None and COMMANDS[name].workstation and sys.version_info < (3, 10):
+        # refused before its module is imported: the workstation stages are not Python 3.8 code
+        return _fail(argparse.Namespace(command=name, json="--json" in argv), _workstation_only(name))
+    args = build_parser(only=[name] if name else []).parse_args(argv)
     configure(args.verbose, quiet=args.quiet)
     try:
-        if args.command in WORKSTATION_COMMANDS and sys.version_info < (3, 10):
-            raise DependencyError(
-                f"'vqz-edge {args.command}' is a workstation command and needs Python 3.10 or newer; this is Python "
-                f"{sys.version_info.major}.{sys.version_info.minor}",
-                hint="run it on the x86 workstation; the device commands (build, run, bench, check-memory, targets, "
-                "install, status, rollback, keys, bundle verify) run on Python 3.8",
-            )
         return int(args.func(args) or 0)
     except VqzError as exc:
         return _fail(args, exc)

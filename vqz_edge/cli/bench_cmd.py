@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import options
+from ..errors import InputError
+from ..progress import tqdm_factory
+from ..runtime import open_runner
+from ..runtime.bench import JtopSampler, benchmark
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-    from .run_cmd import add_runtime_options
-
     p = sub.add_parser(
         "bench",
-        help="latency p50/p90/p99, throughput and peak memory of an engine or ONNX model",
+        help=COMMANDS["bench"].summary,
         description="Time repeated inference on seeded random inputs: latency percentiles, throughput "
         "(samples/s) and peak memory (process peak RSS everywhere; system RAM through jtop on a Jetson). "
         "Engines run on TensorRT (device), .onnx on ONNX Runtime (CPU).",
@@ -25,18 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--iterations", "-n", type=options.positive_int, default=100, help="timed iterations (default 100)")
     g.add_argument("--warmup", "-w", type=options.nonnegative_int, default=10, help="untimed warm-up iterations (default 10)")
     g.add_argument("--seed", type=options.nonnegative_int, default=0, help="seed of the random inputs (default 0)")
-    add_runtime_options(p)
-    add_common(p)
+    options.add_runtime_options(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..progress import tqdm_factory
-    from ..runtime import open_runner
-    from ..runtime.bench import JtopSampler, benchmark
-    from . import emit_json
-
     if args.batch <= 0 or args.iterations <= 0 or args.warmup < 0:
         raise InputError("--batch and --iterations must be positive and --warmup >= 0")
     with JtopSampler() as sampler, open_runner(  # sampler first: its baseline is before the model loads

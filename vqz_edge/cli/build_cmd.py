@@ -6,15 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import options
+from ..errors import InputError
+from ..progress import tqdm_factory
+from ..spec import load_spec
+from ..targets import get_target
+from ..trt.builder import BuildRequest, run_build
+from ..trt.compat import tensorrt_available
+from ..vocab import CLI_BUILD_MODES
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "build",
-        help="ONNX + calibration + precision plan -> TensorRT engine for a target (run on the device)",
+        help=COMMANDS["build"].summary,
         description="Build a TensorRT engine under engines/<model>/<target>/<trt-version>/ with a manifest. "
         "Needs TensorRT and the target GPU: run it on the Jetson or in the Jetson container. A build with "
         "the same inputs and TensorRT version is skipped unless --force.",
@@ -26,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--allow-gpu-mismatch", action="store_true",
                    help="build although this GPU is not the target's (the engine only runs on GPUs like this one)")
     m = p.add_argument_group("precision")
-    m.add_argument("--mode", choices=("auto", "implicit", "explicit", "fp16"), default="auto",
+    m.add_argument("--mode", choices=CLI_BUILD_MODES, default="auto",
                    help="explicit: Q/DQ model; implicit: IInt8EntropyCalibrator2 + cache (TensorRT <= 10); "
                    "fp16: no INT8; auto (default): explicit if model.qdq.onnx exists, else implicit")
     m.add_argument("--precision-constraints", choices=("obey", "prefer"), default="obey",
@@ -38,19 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     io.add_argument("--out-root", type=Path, default=Path("engines"), help="engines root (default: engines)")
     io.add_argument("--targets-file", type=Path, action="append", default=[], help="extra target definitions (TOML)")
     io.add_argument("--force", action="store_true", help="rebuild even if an engine from the same inputs exists")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..progress import tqdm_factory
-    from ..spec import load_spec
-    from ..targets import get_target
-    from ..trt.builder import BuildRequest, run_build
-    from ..trt.compat import tensorrt_available
-    from . import emit_json
-
     spec = load_spec(args.spec)
     name = args.target
     if name is None:

@@ -6,16 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import options
+from ..bundle.create import BundleOptions, create_bundle
+from ..bundle.reader import verify_bundle
+from ..bundle.signing import load_public_key
+from ..errors import InputError
+from ..progress import tqdm_factory
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-    from .targets_cmd import add_targets_file
-
     p = sub.add_parser(
         "bundle",
-        help="x86 -> device: make a deterministic signed bundle (or 'bundle verify' one)",
+        help=COMMANDS["bundle"].summary,
         usage="vqz-edge bundle SPEC --target T -o BUNDLE.tar [--sign-key KEY] [options]\n"
         "       vqz-edge bundle verify BUNDLE --key PUB [--json]",
         description="Make a bundle: everything the device needs to build and verify its TensorRT engine (the ONNX, "
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "(default calibration/<model>)")
     b.add_argument("--jetpack", metavar="V[,V...]", default="",
                    help="JetPack releases the device may run (default: those shipping the target's TensorRT line)")
-    add_targets_file(b)
+    options.add_targets_file(b)
     s = p.add_argument_group("smoke test")
     s.add_argument("--smoke-samples", type=options.positive_int, default=4, help="reference samples shipped (default 4)")
     s.add_argument("--smoke-min-cosine", type=options.unit_fraction, default=None, metavar="C",
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (vqz-edge keys generate)")
     k.add_argument("--key", type=Path, metavar="PUB", help="(verify) the signer's public key")
     k.add_argument("--allow-unsigned", action="store_true", help="(verify) accept a bundle without a signature")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -54,8 +56,6 @@ def _human(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-
     items = list(args.items)
     if items[0] == "verify" and not (len(items) == 1 and Path("verify").is_file()):
         if len(items) != 2:
@@ -69,11 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace, spec: Path) -> int:
-    from ..bundle.create import BundleOptions, create_bundle
-    from ..errors import InputError
-    from ..progress import tqdm_factory
-    from . import emit_json
-
     try:
         opts = BundleOptions(
             target=args.target, bundle_version=args.bundle_version, calibration_dir=args.calibration_dir,
@@ -104,11 +99,6 @@ def _create(args: argparse.Namespace, spec: Path) -> int:
 
 
 def _verify(args: argparse.Namespace, bundle: Path) -> int:
-    from ..bundle.reader import verify_bundle
-    from ..bundle.signing import load_public_key
-    from ..errors import InputError
-    from . import emit_json
-
     if args.key is None and not args.allow_unsigned:
         raise InputError("bundle verify needs --key PUB (the signer's public key)",
                          hint="or --allow-unsigned to check only the hashes of an unsigned bundle")

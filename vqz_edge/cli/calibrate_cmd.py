@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..calib import CalibrationOptions, calibrate
+from ..calib.memory import default_budget, fmt_bytes, host_memory_bytes, peak_rss
 from ..errors import InputError
-from . import options
+from ..progress import tqdm_factory
+from ..spec import CalibrationSpec, load_spec
+from ..targets import get_target
+from ..vocab import CALIBRATION_METHODS, PRESETS
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common, add_finetune_args, add_memory_arg
-
     p = sub.add_parser(
         "calibrate",
-        help="INT8 calibration on the CPU: TensorRT cache + Q/DQ ONNX",
+        help=COMMANDS["calibrate"].summary,
         description="Collect per-tensor activation histograms with ONNX Runtime (batch by batch, constant memory), "
         "pick per-tensor thresholds (entropy = TensorRT EntropyCalibration2 semantics), and write a TensorRT "
         "calibration cache, an explicit-quantization Q/DQ ONNX, histograms and a summary.",
@@ -25,22 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--num-images", type=options.positive_int, help="calibration samples to use (default 256)")
     d.add_argument("--batch-size", type=options.positive_int, help="calibration batch (default 8): its first batch sets every histogram's bin "
                    "width, as in NVIDIA's calibrators; ONNX Runtime runs it whole or in parts, as --max-memory allows")
-    add_memory_arg(d)
+    options.add_memory_arg(d)
     m = p.add_argument_group("method")
-    m.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
+    m.add_argument("--method", choices=CALIBRATION_METHODS,
                    help="threshold per tensor (default entropy); auto = MSE for non-negative tensors, entropy for signed")
     m.add_argument("--percentile", type=options.float_range(50.0, 100.0, low_open=True), help="for --method percentile (default 99.99)")
     t = p.add_argument_group("target")
     t.add_argument("--trt-version", help="TensorRT version of the device, stamps the cache header (default 10.3.0)")
     t.add_argument("--target", help="a target from 'vqz-edge targets': its default JetPack's TensorRT version")
     pol = p.add_argument_group("precision policy")
-    pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
+    pol.add_argument("--preset", choices=PRESETS,
                      help="preset rules (default: the spec's, else cnn = final head FP32); none = every layer INT8")
-    add_finetune_args(p, "quantization-aware fine-tuning", "after calibration")
+    options.add_finetune_args(p, "quantization-aware fine-tuning", "after calibration")
     o = p.add_argument_group("spec and output")
     o.add_argument("--spec", type=Path, help="build spec (TOML): calibration defaults and precision rules")
     o.add_argument("-o", "--output", type=Path, help="output directory (default calibration/<model>/)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -48,8 +52,6 @@ def _trt_version(args: argparse.Namespace) -> str | None:
     if args.trt_version and args.target:
         raise InputError("give either --trt-version or --target, not both")
     if args.target:
-        from ..targets import get_target
-
         return str(get_target(args.target).default_trt_version)
     return str(args.trt_version) if args.trt_version else None
 
@@ -63,12 +65,6 @@ def default_outdir(model: Path, name: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calib import CalibrationOptions, calibrate
-    from ..calib.memory import default_budget, fmt_bytes, host_memory_bytes, peak_rss
-    from ..progress import tqdm_factory
-    from ..spec import CalibrationSpec, load_spec
-    from . import emit_json, finetune_options, memory_budget
-
     spec = load_spec(args.spec) if args.spec else None
     cs = spec.calibration if spec else CalibrationSpec()
     data = args.data or (str(spec.resolve_path(cs.data)) if spec and cs.data != "demo" else cs.data if spec else None)
@@ -81,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
             num_images=cs.num_images if args.num_images is None else args.num_images,
             batch_size=cs.batch_size if args.batch_size is None else args.batch_size,
             trt_version=_trt_version(args) or "10.3.0",
-            max_memory=memory_budget(args),
+            max_memory=options.memory_budget(args),
         )
-        finetune = finetune_options(args)
+        finetune = options.finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     name = spec.model.name if spec else None

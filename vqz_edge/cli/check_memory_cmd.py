@@ -6,18 +6,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import options
+from ..artifacts.engine_manifest import load_manifest
+from ..device import read_live_memory
+from ..errors import InputError
+from ..memory import DEFAULT_MARGIN_FRACTION, MIB, check_budget
+from ..memory.estimate import PRECISIONS, estimate_path, resident_item
+from ..runtime.loader import artifact_kind, device_target, host_target
+from ..spec import load_spec
+from ..targets import resolve_targets
+from . import COMMANDS, emit_json, options
 
 EXIT_DOES_NOT_FIT = 7
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-    from .targets_cmd import add_targets_file
-
     p = sub.add_parser(
         "check-memory",
-        help="will it fit? memory breakdown and verdict per Jetson target",
+        help=COMMANDS["check-memory"].summary,
         description="Break down what a model needs resident in a Jetson module's shared CPU/GPU RAM (OS reserve, "
         "CUDA context, TensorRT runtime, engine/weights, activations, I/O buffers, other resident models, margin) "
         "and say whether it fits, with the headroom. A built engine directory uses the sizes TensorRT measured; a "
@@ -29,13 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--target", "-t", action="append", default=[], metavar="NAME",
                    help="target(s) to check (repeatable, comma lists, or 'all'; default: the engine's target, the "
                    "spec's build.targets, else all)")
-    add_targets_file(g)
+    options.add_targets_file(g)
     g.add_argument("--live", action="store_true",
                    help="use the memory free on this machine now (jtop on a Jetson, else /proc/meminfo) instead of the "
                    "catalog RAM minus the OS reserve")
     m = p.add_argument_group("model (estimates for spec/.onnx)")
     m.add_argument("--batch", type=options.positive_int, help="max batch to size activations and I/O for (default: spec max_shape, else 1)")
-    m.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto",
+    m.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="weight/activation precision for the estimate (auto: Q/DQ or plan -> int8, else the spec's "
                    "default, else fp16)")
     m.add_argument("--resident", action="append", default=[], metavar="NAME=SIZE|PATH",
@@ -44,17 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b = p.add_argument_group("budget")
     b.add_argument("--os-reserve-mib", type=options.mib, help="override the OS + services reserve (MiB)")
     b.add_argument("--margin", type=options.float_range(0.0, 0.5, high_open=True), default=None, help="safety margin as a fraction of the capacity (default 0.05)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def _default_targets(path: Path) -> list[str]:
-    from ..engine_manifest import load_manifest
-    from ..runtime.loader import artifact_kind
-
     if path.suffix == ".toml":
-        from ..spec import load_spec
-
         return list(load_spec(path).build.targets) or ["all"]
     if path.suffix != ".onnx" and artifact_kind(path) == "engine":
         t = load_manifest(path).target
@@ -63,14 +63,6 @@ def _default_targets(path: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..device import read_live_memory
-    from ..errors import InputError
-    from ..memory import DEFAULT_MARGIN_FRACTION, MIB, check_budget
-    from ..memory.estimate import estimate_path, resident_item
-    from ..runtime.loader import device_target, host_target
-    from ..targets import resolve_targets
-    from . import emit_json
-
     if args.batch is not None and args.batch <= 0:
         raise InputError(f"--batch must be positive, got {args.batch}")
     margin = DEFAULT_MARGIN_FRACTION if args.margin is None else args.margin
@@ -91,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
                     raise InputError("--live checks this machine: give one --target (or none)")
                 tgt = targets[0]
             elif est.kind == "engine":
-                from ..engine_manifest import load_manifest
-
                 tgt = device_target(load_manifest(args.path), live.total_bytes)
             else:
                 tgt = host_target(live.total_bytes)

@@ -10,15 +10,13 @@ import numpy as np
 from ..data import Preprocessing, demo_sources, folder_sources, make_crops, split_by_source
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_path, write_set
-from . import options
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "data",
-        help="photos -> preprocessed .npy arrays, split by source photo",
+        help=COMMANDS["data"].summary,
         description="Crop and preprocess photos into a float32 .npy array (N,C,H,W). Calibration and evaluation "
         "sets are split by source photo, never by crop. --images demo uses the real photos in scikit-image.",
     )
@@ -30,13 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--size", type=options.positive_int, default=224, help="crop size (default 224)")
     g.add_argument("--resize", type=options.positive_int, default=None, help="short side before the crop (default size*256/224)")
     g.add_argument("--seed", type=options.nonnegative_int, default=0)
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import emit_json
-
     check_output_path(args.output)
     resize = args.resize or round(args.size * 256 / 224)
     pre = Preprocessing(resize=resize, crop=args.size)

@@ -10,7 +10,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..calib import CalibrationOptions, calibrate
+from ..calib.evaluate import evaluate
+from ..data.source import open_data
 from ..demo import DEMO_MODEL, mobilenet_weights
+from ..export import ExportOptions, export_model
+from ..fsutil import atomic_write_json
+from ..memory import check_budget
+from ..memory.estimate import estimate_onnx
+from ..onnx_io import graph_inputs, load_model
+from ..progress import tqdm_factory
+from ..targets import list_targets
+from ..vocab import CALIBRATION_METHODS, ONNX_FILE
+from . import COMMANDS, emit_json, options
+from .evaluate_cmd import format_fidelity
 
 CALIBRATION_CROPS = 256
 EVALUATION_CROPS = 500
@@ -18,37 +31,22 @@ DEMO_TARGET = "orin-nx-16gb"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "demo",
-        help="run the pipeline on the bundled MobileNetV2 + real photos",
+        help=COMMANDS["demo"].summary,
         description="Export torchvision's ImageNet MobileNetV2 (packaged weights) with BatchNorm folded, calibrate "
         f"INT8 on {CALIBRATION_CROPS} crops of the demo calibration photos, evaluate the Q/DQ model against FP32 "
         f"on {EVALUATION_CROPS} crops of the held-out photos, and check the memory budget on every Jetson target. "
         "Artifacts go to calibration/mobilenet_v2/.",
     )
     p.add_argument("--workdir", type=Path, default=Path("."), help="where calibration/ and engines/ live (default .)")
-    p.add_argument("--method", default="auto", choices=["entropy", "max", "percentile", "mse", "auto"],
+    p.add_argument("--method", default="auto", choices=CALIBRATION_METHODS,
                    help="activation thresholds (default auto: MSE for non-negative tensors, entropy for signed)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calib import CalibrationOptions, calibrate
-    from ..calib.datasource import open_data
-    from ..calib.evaluate import evaluate
-    from ..export import ExportOptions, export_model
-    from ..fsutil import atomic_write_json
-    from ..memory import check_budget
-    from ..memory.estimate import estimate_onnx
-    from ..onnx_io import graph_inputs, load_model
-    from ..progress import tqdm_factory
-    from ..targets import list_targets
-    from . import emit_json
-    from .evaluate_cmd import format_fidelity
-
     progress = None if args.quiet or args.json else tqdm_factory
     say = (lambda *_: None) if args.json else print
     outdir = args.workdir / "calibration" / DEMO_MODEL
@@ -56,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"model": DEMO_MODEL, "artifacts": str(outdir)}
     say(f"vqz-edge demo: {DEMO_MODEL} (torchvision ImageNet weights) on real photos shipped with scikit-image")
 
-    model_path = outdir / "model.onnx"
+    model_path = outdir / ONNX_FILE
     exp = export_model(DEMO_MODEL, model_path, ExportOptions(weights=mobilenet_weights()))
     summary["export"] = exp.to_dict()
     say(f"[1/4 export]    {model_path}: BatchNormalization {exp.batchnorm_before} -> {exp.batchnorm_after}, "

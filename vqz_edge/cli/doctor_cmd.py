@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import DependencyError, DeviceRuntimeError
+from ..nf4check import check_nf4
+from . import COMMANDS, emit_json, options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "doctor",
-        help="self-test: run a real NF4 kernel (quantize + matmul) on the GPU before reporting 4-bit available",
+        help=COMMANDS["doctor"].summary,
         description="Quantize a weight to NF4 with bitsandbytes on the GPU, dequantize it, and run matmul_4bit with "
         "one and with four tokens against the dequantized reference. NF4 is reported available only when that ran "
         "and matched -- never judged from `import bitsandbytes` (on a Jetson the PyPI wheel imports and then fails "
@@ -22,16 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--require-gpu", action="store_true",
                    help="fail (exit 3) unless NF4 ran on a GPU (use on the device and in its image's healthcheck)")
     g.add_argument("--cpu", action="store_true", help="also run the kernel check on bitsandbytes' CPU backend")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
-
-    from ..errors import DependencyError, DeviceRuntimeError
-    from ..nf4check import check_nf4
-    from . import emit_json
 
     if not args.verbose:  # bitsandbytes warns at import that an optional CPU kernel package is absent (harmless)
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

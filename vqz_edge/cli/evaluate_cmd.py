@@ -6,16 +6,20 @@ import argparse
 import math
 from pathlib import Path
 
-from . import options
+from ..calib.evaluate import evaluate, image_retrieval_data, retrieval_evaluate, text_retrieval_data
+from ..data.source import open_data
+from ..errors import InputError
+from ..fsutil import atomic_write_json, check_output_path
+from ..onnx_io import graph_inputs, load_model
+from ..progress import tqdm_factory
+from . import COMMANDS, emit_json, options
 from .task_options import add_task_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "evaluate",
-        help="fidelity of a candidate (e.g. INT8 Q/DQ) vs a reference on held-out data",
+        help=COMMANDS["evaluate"].summary,
         description="Run both models on ONNX Runtime CPU over held-out data: top-1 agreement, top-5 containment of "
         "the reference top-1, mean logit cosine, mean KL of softmaxes (classifier outputs), and per-output SQNR.",
     )
@@ -39,18 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="text retrieval: a transformers tokenizer directory (default: the packaged MiniLM's)")
     add_task_options(p)
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON here (e.g. fidelity.json)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calib.datasource import open_data
-    from ..calib.evaluate import evaluate
-    from ..fsutil import atomic_write_json, check_output_path
-    from ..onnx_io import graph_inputs, load_model
-    from ..progress import tqdm_factory
-    from . import emit_json
-
     if args.output:
         check_output_path(args.output)
     ref = load_model(args.reference)
@@ -105,12 +102,6 @@ def format_fidelity(outputs: list[dict]) -> str:  # type: ignore[type-arg]
 
 
 def _retrieval(args: argparse.Namespace, ref: object, cand: object) -> int:
-    from ..calib.evaluate import image_retrieval_data, retrieval_evaluate, text_retrieval_data
-    from ..errors import InputError
-    from ..fsutil import atomic_write_json
-    from ..onnx_io import graph_inputs
-    from . import emit_json
-
     infos = graph_inputs(ref)  # type: ignore[arg-type]
     if args.crops_per_source < 2:
         raise InputError("--crops-per-source must be at least 2 (a query needs a positive)")

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
 from ..export import ExportOptions, export_model
-from . import options
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "export",
-        help="torch or ONNX -> BatchNorm-free ONNX, verified against the source",
+        help=COMMANDS["export"].summary,
         description="Export a torchvision model name, a 'package.module:factory' or an existing .onnx file to an "
         "ONNX model with every BatchNormalization folded into the preceding Conv/ConvTranspose/Gemm/MatMul "
         "(or rewritten as Mul+Add), verified on real photo crops with ONNX Runtime.",
@@ -30,21 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--atol", type=options.nonnegative_float, default=1e-4, help="max abs error allowed (default 1e-4)")
     v.add_argument("--rtol", type=options.nonnegative_float, default=1e-4, help="max error relative to max |output| (default 1e-4)")
     v.add_argument("--samples", type=options.positive_int, default=8, help="real photo crops used to verify (default 8)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import emit_json
-
     try:
         opts = ExportOptions(
             input_shape=args.input_shape, opset=args.opset, weights=args.weights,
             dynamic_batch=not args.static_batch, verify_samples=args.samples, atol=args.atol, rtol=args.rtol,
         )
     except ValueError as exc:
-        from ..errors import InputError
-
         raise InputError(str(exc)) from exc
     result = export_model(args.model, args.output, opts)
     if args.json:

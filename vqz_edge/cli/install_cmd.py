@@ -7,33 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import options
-
-
-def add_device_options(p: argparse.ArgumentParser) -> None:
-    from .targets_cmd import add_targets_file
-
-    d = p.add_argument_group("device detection (defaults read this host)")
-    d.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
-                   help="tensorrt: build the engine here; onnxruntime: serve the ONNX / Q/DQ model on the CPU "
-                   "(hosts without TensorRT); auto: tensorrt when importable (default)")
-    d.add_argument("--device-target", metavar="NAME",
-                   help="this device's target (default: identified from /proc/device-tree/model and RAM)")
-    d.add_argument("--nv-tegra-release", type=Path, default=Path("/etc/nv_tegra_release"), metavar="PATH",
-                   help="L4T release file (default /etc/nv_tegra_release; e.g. the host's file mounted in a container)")
-    d.add_argument("--device-tree", type=Path, default=Path("/proc/device-tree"), metavar="DIR",
-                   help="device tree with 'model' and 'compatible' (default /proc/device-tree)")
-    d.add_argument("--meminfo", type=Path, default=Path("/proc/meminfo"), metavar="PATH",
-                   help="meminfo file when jtop is unavailable (default /proc/meminfo)")
-    d.add_argument("--no-jtop", action="store_true", help="read RAM from meminfo even when jetson-stats is installed")
-    add_targets_file(d)
+from ..bundle.install import InstallOptions, install_bundle, refresh
+from ..device import DevicePaths
+from ..errors import InputError
+from ..progress import tqdm_factory
+from . import COMMANDS, emit_json, options
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
-    from ..bundle.install import InstallOptions
-    from ..device import DevicePaths
-    from ..errors import InputError
-
     try:
         return InstallOptions(
             backend=args.backend,
@@ -77,11 +58,9 @@ def print_result(res: Any, verb: str) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "install",
-        help="device: verify a bundle, build, verify the build, switch 'current' atomically",
+        help=COMMANDS["install"].summary,
         description="Verify BUNDLE (signature, every hash, no downgrade, target, the device's JetPack/L4T/TensorRT "
         "range, memory budget), build the engine into ROOT/releases/<bundle-id>/, verify it (precisions, smoke test "
         "against the bundle's reference outputs) and only then switch ROOT/current. Without BUNDLE: rebuild the "
@@ -97,16 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--keep", type=options.positive_int, default=3, metavar="N", help="releases kept for rollback (default 3)")
     r.add_argument("--force", action="store_true", help="rebuild even when the same bundle is current")
     r.add_argument("--skip-memory-check", action="store_true", help="do not check the memory budget")
-    add_device_options(p)
-    add_common(p)
+    options.add_device_options(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle.install import install_bundle, refresh
-    from ..progress import tqdm_factory
-    from . import emit_json
-
     opts = options_from_args(args)
     if args.allow_unsigned:
         print("vqz-edge install: WARNING: --allow-unsigned: the bundle's signature is NOT verified; "

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..bundle.signing import (
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    private_key_id,
+    public_key_id,
+)
+from . import COMMANDS, emit_json, options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "keys",
-        help="Ed25519 signing keys for bundles",
+        help=COMMANDS["keys"].summary,
         description="Create the Ed25519 key pair that signs bundles on the build host (NAME.key, keep it secret) "
         "and verifies them on the devices (NAME.pub), or print a key's id.",
     )
@@ -22,18 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       "(SubjectPublicKeyInfo PEM). Existing files are never overwritten without --force.")
     g.add_argument("-o", "--output", required=True, type=Path, metavar="NAME", help="path prefix of the two files")
     g.add_argument("--force", action="store_true", help="overwrite existing key files")
-    add_common(g)
+    options.add_common(g)
     g.set_defaults(func=run_generate)
     i = ks.add_parser("id", help="print the key id of a .key or .pub file")
     i.add_argument("key", type=Path, metavar="KEYFILE")
-    add_common(i)
+    options.add_common(i)
     i.set_defaults(func=run_id)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..bundle.signing import generate_keypair
-    from . import emit_json
-
     pair = generate_keypair(args.output, force=args.force)
     if args.json:
         emit_json({"private_key": str(pair.private_path), "public_key": str(pair.public_path), "key_id": pair.key_id})
@@ -45,9 +49,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_id(args: argparse.Namespace) -> int:
-    from ..bundle.signing import load_private_key, load_public_key, private_key_id, public_key_id
-    from . import emit_json
-
     text = args.key.read_bytes() if args.key.is_file() else b""
     if b"PRIVATE KEY" in text:
         kid, kind = private_key_id(load_private_key(args.key)), "private"

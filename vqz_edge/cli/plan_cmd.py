@@ -7,15 +7,18 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import InputError
-from ..spec import Spec
+from ..fsutil import atomic_write_json, sha256_file
+from ..onnx_io import check_spec_inputs, load_model
+from ..policy import resolve_plan
+from ..spec import Spec, load_spec
+from ..vocab import ONNX_FILE, PLAN_FILE
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "plan",
-        help="resolve the spec's precision policy into a per-layer plan",
+        help=COMMANDS["plan"].summary,
         description="Apply the preset (final head FP32; ViT: Softmax/LayerNorm FP32, Q/K projections and the "
         "softmax/GELU neighbourhood FP16; VLM vision: FP16) and then the spec's [[precision.rules]] (later rules "
         "override earlier ones) to every node of the ONNX model. Prints the table and writes plan.json.",
@@ -24,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--onnx", type=Path, help="the FP32 ONNX (default: model.source if .onnx, else calibration/<name>/model.onnx)")
     p.add_argument("-o", "--output", type=Path, help="plan JSON (default calibration/<name>/plan.json)")
     p.add_argument("--all", action="store_true", help="list every node, not only quantizable layers and pinned ones")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -33,7 +36,7 @@ def onnx_for_spec(spec: Spec, explicit: Path | None) -> Path:
         return explicit
     if spec.model.source.lower().endswith(".onnx"):
         return spec.resolve_path(spec.model.source)
-    path = Path("calibration") / spec.model.name / "model.onnx"
+    path = Path("calibration") / spec.model.name / ONNX_FILE
     if not path.is_file():
         raise InputError(
             f"no ONNX for model {spec.model.name!r}: {path} does not exist",
@@ -43,19 +46,13 @@ def onnx_for_spec(spec: Spec, explicit: Path | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fsutil import atomic_write_json, sha256_file
-    from ..onnx_io import check_spec_inputs, load_model
-    from ..policy import resolve_spec
-    from ..spec import load_spec
-    from . import emit_json
-
     spec = load_spec(args.spec)
     onnx_path = onnx_for_spec(spec, args.onnx)
     model = load_model(onnx_path)
     check_spec_inputs(spec.inputs, model, str(onnx_path), args.spec)
-    res = resolve_spec(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
+    res = resolve_plan(model, model_name=spec.model.name, onnx_sha256=sha256_file(onnx_path),
                        rules=spec.precision.rules, preset=spec.precision.preset, default=spec.precision.default)
-    out = args.output or Path("calibration") / spec.model.name / "plan.json"
+    out = args.output or Path("calibration") / spec.model.name / PLAN_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res.plan.to_dict())
     counts = Counter(layer.precision for layer in res.plan.layers if layer.quantizable)

@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import argparse
 
+from ..bundle.install import rollback
+from ..progress import tqdm_factory
+from . import COMMANDS, emit_json, options
+from .install_cmd import options_from_args, print_result
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from pathlib import Path
 
-    from . import add_common
-    from .install_cmd import add_device_options
-
     p = sub.add_parser(
         "rollback",
-        help="device: switch 'current' back to the previous verified release",
+        help=COMMANDS["rollback"].summary,
         description="Switch ROOT/current back to the previous release in the history, after re-checking its files "
         "and running its smoke test (rebuilding it first if it was built for another JetPack/TensorRT).",
     )
     p.add_argument("--root", required=True, type=Path, metavar="DIR", help="install root")
-    add_device_options(p)
-    add_common(p)
+    options.add_device_options(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle.install import rollback
-    from ..progress import tqdm_factory
-    from . import emit_json
-    from .install_cmd import options_from_args, print_result
-
     res = rollback(args.root, options_from_args(args), progress=None if (args.quiet or args.json) else tqdm_factory)
     if args.json:
         emit_json(res.to_dict())

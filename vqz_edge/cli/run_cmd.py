@@ -6,29 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import options
-
-
-def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    from .targets_cmd import add_targets_file
-
-    g = p.add_argument_group("runtime")
-    g.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
-                   help="auto: TensorRT for engines, ONNX Runtime (CPU) for .onnx (default)")
-    g.add_argument("--target", metavar="NAME",
-                   help="check the memory budget against this target before loading (default: the engine's target; "
-                   "for .onnx on ONNX Runtime: this host's free memory)")
-    add_targets_file(g)
-    g.add_argument("--no-memory-check", action="store_true", help="skip the budget check before loading")
-    g.add_argument("--threads", type=options.nonnegative_int, default=0, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+from ..data import Preprocessing, load_array_file, load_image, preprocess
+from ..demo import imagenet_labels
+from ..errors import DataError, InputError, VerificationError
+from ..runtime import open_runner
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "run",
-        help="run an engine or ONNX model on images: top-k labels for classifiers, raw outputs otherwise",
+        help=COMMANDS["run"].summary,
         description="Preprocess images (resize, center crop, ImageNet normalisation, sized from the model's input) "
         "and run them through a TensorRT engine (on the device) or an .onnx model (ONNX Runtime, any host). "
         "Classifiers with 1000 outputs print ImageNet labels; other models print output shapes and statistics.",
@@ -37,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--input", "-i", nargs="+", required=True, type=Path, metavar="IMAGE",
                    help="image files (or .npy arrays already preprocessed to the model's input shape)")
     p.add_argument("--top-k", type=options.positive_int, default=5, help="labels to print per image for classifiers (default 5)")
-    add_runtime_options(p)
-    add_common(p)
+    options.add_runtime_options(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -52,9 +40,6 @@ def load_inputs(paths: list[Path], shape: tuple[int, ...]) -> tuple[Any, list[st
     """Images -> float32 batch for an input of ``shape`` (batch dim ignored); .npy files are stacked as is.
     Returns the batch and a name per sample ('photo.jpg', or 'x.npy[3]' for the rows of an array)."""
     import numpy as np
-
-    from ..data import Preprocessing, load_array_file, load_image, preprocess
-    from ..errors import DataError
 
     if any(p.suffix == ".npy" for p in paths):
         arrays = [np.asarray(load_array_file(p), dtype=np.float32) for p in paths]
@@ -95,10 +80,6 @@ def classify(logits: Any, k: int, labels: list[str]) -> list[list[dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..errors import InputError, VerificationError
-    from ..runtime import open_runner
-    from . import emit_json
-
     if args.top_k <= 0:
         raise InputError(f"--top-k must be positive, got {args.top_k}")
     runner = open_runner(
@@ -133,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
                                            "max": float(v.max()), "mean": float(v.mean()), "std": float(v.std())}
                                        for k, v in results.items()}}
     if first.ndim == 2 and first.shape[1] == 1000:
-        from ..demo import imagenet_labels
-
         top = classify(first, args.top_k, imagenet_labels())
         doc["top_k"] = [{"input": n, "predictions": t} for n, t in zip(names, top)]
     if args.json:

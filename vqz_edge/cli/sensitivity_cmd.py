@@ -1,4 +1,4 @@
-"""vqz-edge sensitivity MODEL.onnx --calibration OUTDIR --data EVAL [--target 0.995] [--report DIR]"""
+"""vqz-edge sensitivity MODEL.onnx --calibration OUTDIR --data EVAL [--goal 0.995] [--report DIR]"""
 
 from __future__ import annotations
 
@@ -7,21 +7,25 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..fsutil import check_output_dir
-from . import options
+from ..progress import tqdm_factory
+from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
+from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
+from ..spec import load_spec
+from ..vocab import CALIBRATION_METHODS, PRESETS
+from . import COMMANDS, emit_json, options
+from .evaluate_cmd import format_task
 from .task_options import METRICS, TASK_METRICS, add_task_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common, add_finetune_args, add_memory_arg
-
     p = sub.add_parser(
         "sensitivity",
-        help="layer-wise INT8 sensitivity, calibration diagnostics, automatic mixed-precision plan",
+        help=COMMANDS["sensitivity"].summary,
         description="Quantize one layer (or block) at a time with the calibrated ranges, everything else FP32, and "
         "measure the damage against FP32 on held-out data; rank the units. --reverse: all INT8 except one. "
         "Diagnostics from the calibration histograms (twin-peaked distributions, outliers, per-channel weight "
-        "spread), each with a suggestion. --target: the smallest set of units kept above INT8 (FP16) that meets the "
-        "target, written as precision rules and a plan, verified on further held-out samples.",
+        "spread), each with a suggestion. --goal: the smallest set of units kept above INT8 (FP16) that meets the "
+        "goal, written as precision rules and a plan, verified on further held-out samples.",
     )
     p.add_argument("model", type=Path, metavar="MODEL.onnx", help="the FP32 ONNX that was calibrated")
     p.add_argument("--calibration", type=Path, required=True, metavar="OUTDIR",
@@ -30,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--data", required=True, help="held-out data: folder of images, FILE.npy, or 'demo' (evaluation split)")
     d.add_argument("--num-images", type=options.positive_int, default=256, help="samples for the sweep and the plan search (default 256)")
     d.add_argument("--verify-images", type=options.positive_int, default=1000,
-                   help="with --target: further samples (after the sweep's) to verify the plan on (default 1000)")
+                   help="with --goal: further samples (after the sweep's) to verify the plan on (default 1000)")
     d.add_argument("--batch-size", type=options.positive_int, default=32, help="evaluation batch (default 32; smaller if --max-memory needs)")
-    add_memory_arg(d)
+    options.add_memory_arg(d)
     s = p.add_argument_group("sweep")
     s.add_argument("--granularity", choices=["layer", "block"], default="layer",
                    help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
@@ -40,12 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--metric", choices=list(METRICS), default="cosine",
                    help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB; with --task "
                    "dense: map_correlation (pre-activation maps), miou; with --task detection: map50, map50_95, "
-                   "recall_at_op (the plan search aims at it: e.g. --metric map50 --target 0.99)")
+                   "recall_at_op (the plan search aims at it: e.g. --metric map50 --goal 0.99)")
     s.add_argument("--task", choices=["dense", "detection"],
                    help="report task metrics for every plan (and allow them as --metric): dense maps or detections")
     s.add_argument("--reverse", action="store_true", help="all INT8 except one unit (gain of keeping it FP16)")
     s.add_argument("--output-name", help="graph output to measure (default: the first)")
-    s.add_argument("--method", choices=["entropy", "max", "percentile", "mse", "auto"],
+    s.add_argument("--method", choices=CALIBRATION_METHODS,
                    help="recompute every threshold from the stored histograms (default: the calibrated amax)")
     s.add_argument("--percentile", type=options.float_range(50.0, 100.0, low_open=True), default=99.99)
     s.add_argument("--refine-thresholds", action="store_true",
@@ -54,49 +58,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--refine-data", help="calibration data for --refine-thresholds (default: the calibration's, if demo)")
     s.add_argument("--refine-images", type=options.positive_int, default=64, help="calibration samples for --refine-thresholds (default 64)")
     pol = p.add_argument_group("precision policy")
-    pol.add_argument("--preset", choices=["cnn", "vit", "vlm-vision", "none"],
+    pol.add_argument("--preset", choices=PRESETS,
                      help="layers a preset pins above INT8 stay there (default: the spec's preset, else none)")
     pol.add_argument("--spec", type=Path, help="build spec: its [[precision.rules]] apply before the sweep")
     t = p.add_argument_group("automatic plan")
-    t.add_argument("--target", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
+    t.add_argument("--goal", type=options.finite_float, help="metric the plan must reach, e.g. 0.995 (cosine) or 30 (SQNR dB)")
+    t.add_argument("--target", dest="goal", type=options.finite_float, action=options.DeprecatedSpelling, new="--goal",
+                   help=argparse.SUPPRESS)  # the old spelling, for one release: --target is a Jetson module elsewhere
     t.add_argument("--min-agreement", type=options.float_range(0.0, 1.0), help="also require this top-1 agreement, e.g. 0.92")
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
     t.add_argument("--release-pins", action="store_true",
                    help="the preset is where the search starts: afterwards, release (to INT8) the preset's pinned "
-                   "layers, block by block, cheapest first, wherever the target still holds")
-    f = add_finetune_args(p, "quantization-aware fine-tuning (with --target)", "for the automatic plan")
+                   "layers, block by block, cheapest first, wherever the goal still holds")
+    f = options.add_finetune_args(p, "quantization-aware fine-tuning (with --goal)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
     add_task_options(p)
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path,
-                   help="where sensitivity.json (and with --target plan.json, precision_rules.toml, model.qdq.onnx) go "
+                   help="where sensitivity.json (and with --goal plan.json, precision_rules.toml, model.qdq.onnx) go "
                    "(default OUTDIR/sensitivity)")
     o.add_argument("--report", type=Path, metavar="DIR", help="write PNG plots and a self-contained report.html here")
     o.add_argument("--top", type=options.positive_int, default=15, help="rows of the console ranking (default 15)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..progress import tqdm_factory
-    from ..report import format_auto_plan, format_diagnostics, format_ranking, write_report
-    from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, write_outputs
-    from ..spec import load_spec
-    from . import emit_json, finetune_options, memory_budget
-    from .evaluate_cmd import format_task
-
     spec = load_spec(args.spec) if args.spec else None
     preset = args.preset or (spec.precision.preset if spec else "none")
     try:
-        options = SweepOptions(granularity=args.granularity, metric=args.metric, reverse=args.reverse,
+        sweep = SweepOptions(granularity=args.granularity, metric=args.metric, reverse=args.reverse,
                                block_depth=args.block_depth)
         target = None
-        if args.target is not None:
-            target = TargetOptions(target=args.target, min_agreement=args.min_agreement, max_kept=args.max_kept,
+        if args.goal is not None:
+            target = TargetOptions(target=args.goal, min_agreement=args.min_agreement, max_kept=args.max_kept,
                                    release_pins=args.release_pins)
         elif args.min_agreement is not None or args.max_kept is not None or args.finetune or args.release_pins:
-            raise InputError("--min-agreement, --max-kept, --release-pins and --finetune only apply with --target")
-        finetune = finetune_options(args)
+            raise InputError("--min-agreement, --max-kept, --release-pins and --finetune only apply with --goal")
+        finetune = options.finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     task = task_from_args(args.task, args)
@@ -104,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
         kind = "dense" if args.metric in TASK_METRICS["dense"] else "detection"
         if task is None or task.kind != kind:
             raise InputError(f"--metric {args.metric} is a {kind} metric", hint=f"add --task {kind}")
-    if target is not None and args.metric != "sqnr" and not 0.0 < args.target <= 1.0:
-        raise InputError(f"--target {args.target} is impossible for --metric {args.metric} (a value in (0, 1])",
-                         hint="e.g. --target 0.995 for cosine, --target 0.9 for agreement, --metric sqnr --target 30")
+    if target is not None and args.metric != "sqnr" and not 0.0 < args.goal <= 1.0:
+        raise InputError(f"--goal {args.goal} is impossible for --metric {args.metric} (a value in (0, 1])",
+                         hint="e.g. --goal 0.995 for cosine, --goal 0.9 for agreement, --metric sqnr --goal 30")
     outdir = args.output or args.calibration / "sensitivity"
     if outdir.resolve() == args.calibration.resolve():
         raise InputError(f"-o {outdir} is the calibration directory itself; sensitivity writes its own set",
@@ -115,12 +114,13 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         check_output_dir(args.report)
     result, cal = analyze(
-        args.model, args.calibration, args.data, options, target=target, num_images=args.num_images,
+        args.model, args.calibration, args.data, sweep, target=target, num_images=args.num_images,
         verify_images=args.verify_images, batch_size=args.batch_size, preset=preset,
         rules=spec.precision.rules if spec else (), method=args.method, percentile=args.percentile,
         output=args.output_name, refine=args.refine_thresholds, refine_data=args.refine_data,
         refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data,
-        max_memory=memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory, task=task,
+        max_memory=options.memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
+        task=task,
     )
     files = write_outputs(result, outdir, args.model, cache_version(cal))
     if args.report:

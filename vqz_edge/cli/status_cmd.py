@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..bundle.install import status
+from . import COMMANDS, emit_json, options
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from pathlib import Path
 
-    from . import add_common
-
     p = sub.add_parser(
         "status",
-        help="device: what is installed, what happened last (also after a crash)",
+        help=COMMANDS["status"].summary,
         description="Report the current release, the history, the kept releases and the last operation from the "
         "install root's journal -- including an operation that was interrupted (power loss, kill -9) and at which "
         "stage -- and hash every file of the current release. Read-only. Exit code 0 when current points to an "
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-verify", action="store_true",
                    help="do not hash the current release's files (by default every kept bundle file and every served "
                    "file is checked against the hashes recorded at install; a mismatch is reported as damaged)")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
@@ -39,9 +40,6 @@ def _op_line(op: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle.install import status
-    from . import emit_json
-
     st = status(args.root, verify=not args.no_verify)
     if args.json:
         emit_json(st)

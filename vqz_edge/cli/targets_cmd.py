@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-
-def add_targets_file(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument(
-        "--targets-file", type=Path, action="append", default=[], metavar="TOML",
-        help="extra [[target]] definitions (repeatable; also read from $VQZ_EDGE_TARGETS)",
-    )
+from ..targets import ENV_VAR, jetpack_table, load_catalog
+from . import COMMANDS, emit_json, options
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "targets",
-        help="list deployment targets (Jetson modules) and the JetPack version table",
+        help=COMMANDS["targets"].summary,
         description="List the Jetson Orin modules vqz-edge knows (RAM, GPU SMs, compute capability, DLA cores, "
         "default OS reserve, JetPack support) and the JetPack -> L4T -> TensorRT -> CUDA -> cuDNN table. "
         "Add or override targets in TOML with --targets-file or $VQZ_EDGE_TARGETS.",
     )
     g = p.add_argument_group("catalog")
-    add_targets_file(g)
+    options.add_targets_file(g)
     g.add_argument("--sources", action="store_true", help="also print where every number comes from")
-    add_common(p)
+    options.add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..targets import ENV_VAR, jetpack_table, load_catalog
-    from . import emit_json
-
     cat = load_catalog(args.targets_file)
     jps = jetpack_table(args.targets_file)
     if args.json:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
+from ..calib.tasks import DETECTION_FORMATS, TASK_METRICS, DetectionConfig, TaskSpec
 from ..errors import InputError
 from . import options
 
-if TYPE_CHECKING:
-    from ..calib.tasks import TaskSpec
+__all__ = ["DETECTION_FORMATS", "METRICS", "TASK_METRICS", "add_task_options", "task_from_args"]
 
-# the names of vqz_edge.calib.tasks / sensitivity.evaluator, here so the CLI registers without importing onnx
-# (tests/test_tasks.py checks they agree)
-DETECTION_FORMATS = ("boxes-scores", "yolov5", "yolov8")
-TASK_METRICS = {"dense": ("map_correlation", "miou"), "detection": ("map50", "map50_95", "recall_at_op")}
+# the metric names of vqz_edge.sensitivity.evaluator (tests/test_tasks.py checks they agree)
 METRICS = ("cosine", "agreement", "sqnr", *TASK_METRICS["dense"], *TASK_METRICS["detection"])
 
 
@@ -34,8 +30,6 @@ def add_task_options(p: argparse.ArgumentParser) -> None:
 
 
 def task_from_args(kind: str | None, args: argparse.Namespace) -> TaskSpec | None:
-    from ..calib.tasks import DetectionConfig, TaskSpec
-
     if kind is None or kind not in ("dense", "detection"):
         return None
     try:

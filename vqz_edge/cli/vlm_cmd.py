@@ -7,17 +7,28 @@ import logging
 import sys
 from pathlib import Path
 
-from . import options
+from ..errors import InputError
+from ..memory import MIB
+from ..progress import tqdm_factory
+from ..targets import get_target, list_targets
+from ..vlm.audit import audit_directory
+from ..vlm.compare import compare_vlm
+from ..vlm.configs import SHIPPED, load_shipped, load_vlm_config
+from ..vlm.errors import AuditFailed
+from ..vlm.export import ONNX_FILE, VisionExportOptions, export_vision
+from ..vlm.planner import PlanOptions, plan_vlm
+from ..vlm.run import RunOptions, run_vlm
+from ..vlm.table import fit_matrix, matrix_text, seed_rows, seed_table_text
+from ..vocab import BACKENDS
+from . import COMMANDS, emit_json, options
 
 EXIT_DOES_NOT_FIT = 7  # same as check-memory (BudgetError)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from . import add_common
-
     p = sub.add_parser(
         "vlm",
-        help="vision-language models: memory plan, vision export + 4-bit LLM config, quantization audit",
+        help=COMMANDS["vlm"].summary,
         description="The asymmetric VLM recipe: the vision tower and connector stay FP16 (TensorRT), only the LLM "
         "backbone goes to 4 bit (bitsandbytes NF4), with the skip list generated from the module tree and an audit "
         "of what actually got quantized.",
@@ -70,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     o.add_argument("--all", action="store_true",
                    help="the seed's table beside ours and the fit matrix of every shipped config on every target")
     o.add_argument("--list", action="store_true", help="list the shipped configs with their sources")
-    add_common(pl)
+    options.add_common(pl)
     pl.set_defaults(func=run_plan)
 
     ex = vsub.add_parser(
@@ -93,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="bnb: the bitsandbytes NF4 config for the LLM (default); gguf: also write the LLM backbone as "
                     "GGUF for llama.cpp, every tensor verified against the FP16 weights (LLaVA with a Llama/Mistral LLM)")
     eg.add_argument("--gguf-type", default="q4_0", choices=("q4_0",), help="GGUF weight type of the LLM (default q4_0)")
-    add_common(ex)
+    options.add_common(ex)
     ex.set_defaults(func=run_export)
 
     au = vsub.add_parser(
@@ -109,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="bitsandbytes config JSON to load with (e.g. the one vlm export wrote)")
     au.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                     help="dtype of what stays unquantized (default: the checkpoint's)")
-    add_common(au)
+    options.add_common(au)
     au.set_defaults(func=run_audit)
 
     ru = vsub.add_parser(
@@ -133,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="bnb: transformers + bitsandbytes NF4 (default); gguf: the export's GGUF on llama.cpp "
                     "(llama-cpp-python; needs --vision DIR from vlm export --llm-format gguf)")
     _add_vision_runtime(ru)
-    add_common(ru)
+    options.add_common(ru)
     ru.set_defaults(func=run_run)
 
     co = vsub.add_parser(
@@ -154,7 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="where the LLMs run (default: cuda when torch sees a GPU, else cpu)")
     _add_vision_runtime(co)
-    add_common(co)
+    options.add_common(co)
     co.set_defaults(func=run_compare)
 
 
@@ -169,7 +180,7 @@ def _add_recipe_inputs(p: argparse.ArgumentParser) -> None:
 
 def _add_vision_runtime(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("vision runtime")
-    g.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
+    g.add_argument("--backend", type=options.backend, choices=BACKENDS, default="auto",
                    help="auto: TensorRT for engines, ONNX Runtime for .onnx (default)")
     g.add_argument("--target", metavar="NAME", help="memory budget target for the vision runner (default: this host)")
     g.add_argument("--threads", type=options.nonnegative_int, default=0, help="ONNX Runtime intra-op threads (default: its choice)")
@@ -183,13 +194,6 @@ def _targets_files(args: argparse.Namespace) -> list[Path]:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..memory import MIB
-    from ..targets import get_target
-    from ..vlm.configs import SHIPPED, load_shipped, load_vlm_config
-    from ..vlm.memory import PlanOptions, plan_vlm
-    from . import emit_json
-
     if args.list:
         rows = [load_shipped(n) for n in SHIPPED]
         if args.json:
@@ -232,10 +236,6 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_all(args: argparse.Namespace) -> int:
-    from ..targets import list_targets
-    from ..vlm.table import fit_matrix, matrix_text, seed_rows, seed_table_text
-    from . import emit_json
-
     rows = seed_rows()
     cells = fit_matrix(targets=list_targets(_targets_files(args)), context=args.context, images=args.images,
                        attention=args.attention)
@@ -253,11 +253,6 @@ def _run_all(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..progress import tqdm_factory
-    from ..vlm.export import ONNX_FILE, VisionExportOptions, export_vision
-    from . import emit_json
-
     try:
         opts = VisionExportOptions(opset=args.opset, samples=args.samples, min_cosine=args.min_cosine,
                                    compute_dtype=args.compute_dtype, llm_format=args.llm_format,
@@ -296,10 +291,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from ..vlm.audit import audit_directory
-    from ..vlm.errors import AuditFailed
-    from . import emit_json
-
     _quiet_bitsandbytes(args)
     report = audit_directory(args.model_dir, args.quantization_config, dtype=args.dtype)
     if args.json:
@@ -321,12 +312,6 @@ def _quiet_bitsandbytes(args: argparse.Namespace) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..memory import MIB
-    from ..progress import tqdm_factory
-    from ..vlm.run import RunOptions, run_vlm
-    from . import emit_json
-
     _quiet_bitsandbytes(args)
     try:
         opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,
@@ -367,12 +352,6 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..progress import tqdm_factory
-    from ..vlm.compare import compare_vlm
-    from ..vlm.run import RunOptions
-    from . import emit_json
-
     _quiet_bitsandbytes(args)
     try:
         opts = RunOptions(max_new_tokens=args.max_new_tokens, device=args.device, backend=args.backend,

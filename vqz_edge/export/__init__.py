@@ -27,6 +27,7 @@ from ..onnx_io import (
     require_finite_weights,
 )
 from .onnx_passes import PassReport, remove_batchnorm
+from .torch_side import export_onnx, fold_batchnorm_torch, import_torch, load_torch_model
 from .verify import OutputError, batches, compare, concrete_shape, real_inputs
 
 _log = get_logger(__name__)
@@ -182,8 +183,6 @@ def _model_inputs(model: Any, opts: ExportOptions) -> tuple[dict[str, np.ndarray
 
 
 def _export_from_torch(source: str, out: Path, opts: ExportOptions) -> ExportResult:
-    from .torch_side import export_onnx, fold_batchnorm_torch, import_torch, load_torch_model
-
     torch = import_torch()
     t0 = time.perf_counter()
     model = load_torch_model(source, opts.weights)

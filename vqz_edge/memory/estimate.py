@@ -31,8 +31,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..artifacts.engine_manifest import MANIFEST_NAME, load_manifest
+from ..artifacts.plan import ResolvedPlan
 from ..errors import InputError, ModelLoadError
 from ..log import get_logger
+from ..onnx_io import check_spec_inputs, load_model
+from ..spec import load_spec
+from ..vocab import ENGINE_SUFFIXES, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE
 from .budget import MIB, MemoryItem
 
 _log = get_logger(__name__)
@@ -74,8 +79,6 @@ class Estimate:
 
 def estimate_engine_dir(path: Path) -> Estimate:
     """Items for a built engine (directory, engine file or manifest.json)."""
-    from ..engine_manifest import load_manifest
-
     m = load_manifest(Path(path))
     mb = m.max_batch
     io_note = f"all bindings at the max profile (batch {mb})" if mb else "all bindings at their declared shapes"
@@ -223,11 +226,9 @@ def estimate_onnx(
 ) -> Estimate:
     """Items for an ONNX model that has no engine yet (see module docstring for the method).
 
-    ``plan`` is a :class:`vqz_edge.policy.plan.ResolvedPlan` (node name -> precision); ``spec`` a
+    ``plan`` is a :class:`vqz_edge.artifacts.plan.ResolvedPlan` (node name -> precision); ``spec`` a
     :class:`vqz_edge.spec.Spec` whose [[inputs]] must describe the model (checked first).
     """
-    from ..onnx_io import check_spec_inputs, load_model
-
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} not in {PRECISIONS}")
     if batch <= 0:
@@ -305,7 +306,7 @@ def onnx_for_spec(spec: Any, *, search_roots: Sequence[Path] = ()) -> tuple[Path
         roots.append(Path(spec.path).parent)
     plan: Path | None = None
     for root in roots:
-        p = root / "calibration" / name / "plan.json"
+        p = root / "calibration" / name / PLAN_FILE
         if p.is_file():
             plan = p
             break
@@ -314,7 +315,7 @@ def onnx_for_spec(spec: Any, *, search_roots: Sequence[Path] = ()) -> tuple[Path
         if p.is_file():
             return p, plan
     for root in roots:
-        for fname in ("model.qdq.onnx", "model.onnx"):
+        for fname in (QDQ_ONNX_FILE, ONNX_FILE):
             p = root / "calibration" / name / fname
             if p.is_file():
                 return p, plan
@@ -328,9 +329,6 @@ def onnx_for_spec(spec: Any, *, search_roots: Sequence[Path] = ()) -> tuple[Path
 def estimate_spec(path: Path, *, precision: str = "auto", batch: int | None = None) -> Estimate:
     """Items for a spec.toml: its ONNX (see :func:`onnx_for_spec`) at the spec's max input shapes."""
     import json
-
-    from ..policy.plan import ResolvedPlan
-    from ..spec import load_spec
 
     spec = load_spec(Path(path))
     onnx_path, plan_path = onnx_for_spec(spec)
@@ -356,9 +354,6 @@ def estimate_spec(path: Path, *, precision: str = "auto", batch: int | None = No
 
 def estimate_path(path: Path, *, batch: int | None = None, precision: str = "auto") -> Estimate:
     """Dispatch on what ``path`` is: engine dir / engine file / manifest.json, spec .toml, or .onnx."""
-    from ..engine_manifest import MANIFEST_NAME
-    from ..vocab import ENGINE_SUFFIXES
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist", hint="give an engine directory, a spec.toml or an .onnx file")

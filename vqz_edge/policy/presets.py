@@ -17,8 +17,9 @@ from collections.abc import Iterable
 import onnx
 
 from ..spec import PrecisionRule
+from ..vocab import PRESETS
+from .graph import initializer_names
 from .placement import Placement, place
-from .resolve import _initializers
 
 QK_NAME = re.compile(r"(?:^|[/._])(query|key|q_proj|k_proj|to_q|to_k|wq|wk)(?:$|[/._])", re.IGNORECASE)
 
@@ -43,7 +44,7 @@ PASS_THROUGH = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Iden
 def final_head(model: onnx.ModelProto, placement: Placement | None = None) -> list[str]:
     """Quantizable layers reached walking back from each graph output through non-quantizable nodes."""
     placement = placement or place(model)
-    inits = _initializers(model)
+    inits = initializer_names(model)
     producers = _producers(model)
     found: list[str] = []
     seen: set[str] = set()
@@ -124,7 +125,7 @@ def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], placemen
 def transformer_sensitive(model: onnx.ModelProto, placement: Placement | None = None) -> dict[str, tuple[str, str]]:
     """node name -> (precision, why) for the vit preset."""
     placement = placement or place(model)
-    inits = _initializers(model)
+    inits = initializer_names(model)
     out: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
         if node.op_type == "Softmax":
@@ -155,9 +156,6 @@ def transformer_sensitive(model: onnx.ModelProto, placement: Placement | None = 
         for proj in _nearest_quantizable(model, [i for i in qk_node.input if i in producers], False, inits, placement):
             out.setdefault(proj, ("fp16", "preset vit: attention Q/K projection (most sensitive)"))
     return out
-
-
-PRESETS = ("cnn", "vit", "vlm-vision", "none")
 
 
 def preset_rules(model: onnx.ModelProto, preset: str,

@@ -12,25 +12,17 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
+from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..errors import SpecError
 from ..spec import PrecisionRule
 from .placement import Placement, place
-from .plan import LayerDecision, ResolvedPlan
-
-
-def _initializers(model: onnx.ModelProto) -> set[str]:
-    return {i.name for i in model.graph.initializer}
-
-
-def is_quantizable(node: onnx.NodeProto, placement: Placement) -> bool:
-    """Ops with an INT8 implementation in TensorRT that the placement rules put Q/DQ for
-    (vqz_edge.policy.placement)."""
-    return placement.quantizable(node.name)
+from .presets import preset_rules
 
 
 def scope_of(node_name: str) -> str:
@@ -81,30 +73,51 @@ class Resolution:
     warnings: list[str] = field(default_factory=list)
 
 
-def resolve(
+def resolve_plan(
     model: onnx.ModelProto,
     rules: Sequence[PrecisionRule] = (),
     *,
     model_name: str,
     onnx_sha256: str,
+    preset: str = "none",
     default: str = "int8",
     float_default: str = "fp16",
-    preset_rules: Sequence[tuple[str, PrecisionRule]] = (),
     placement: Placement | None = None,
 ) -> Resolution:
-    """Resolve ``preset_rules`` (labelled) then the user's ``rules`` over every node of ``model``; which nodes can
-    run INT8 is ``placement``'s (default: the placement rules on ``model``)."""
-    for idx, rule in enumerate(rules):
+    """The one resolved plan: every node of ``model`` gets a precision and the rule that decided it.
+
+    The preset's rules first (final head FP32, transformer specifics; ``none``: no preset), then the user's
+    ``rules`` in order, a later matching rule overriding an earlier one. Quantizable layers start at ``default``,
+    the others at ``float_default``. Which nodes can run INT8 is ``placement``'s (default: the placement rules on
+    ``model``, vqz_edge.policy.placement).
+    """
+    placement = placement or place(model)
+    return _resolve(model, [*preset_rules(model, preset, placement), *((rule_label(i, r), r) for i, r in enumerate(rules))],
+                    rules, placement, model_name=model_name, onnx_sha256=onnx_sha256, default=default,
+                    float_default=float_default)
+
+
+def _resolve(
+    model: onnx.ModelProto,
+    labelled: Sequence[tuple[str, PrecisionRule]],
+    user_rules: Sequence[PrecisionRule],
+    placement: Placement,
+    *,
+    model_name: str,
+    onnx_sha256: str,
+    default: str,
+    float_default: str,
+) -> Resolution:
+    """Apply ``labelled`` (the preset's rules, then ``user_rules`` labelled) to every node."""
+    for idx, rule in enumerate(user_rules):
         if rule.regex is not None:
             try:
                 re.compile(rule.regex)
             except re.error as exc:
                 raise SpecError(f"precision.rules[{idx}].regex {rule.regex!r} is not a valid regular expression: {exc}") from exc
-    placement = placement or place(model)
-    labelled = [*preset_rules, *((rule_label(i, r), r) for i, r in enumerate(rules))]
     hits = [0] * len(labelled)
     layers = []
-    warnings = []
+    notes = []
     for node in model.graph.node:
         if node.op_type in ("Constant",):
             continue
@@ -132,9 +145,26 @@ def resolve(
         layers.append(LayerDecision(node.name, node.op_type, precision, why, quantizable))
     unmatched = [label for (label, _), n in zip(labelled, hits) if n == 0]
     if not any(layer.quantizable for layer in layers):
-        warnings.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/Conv-fused residual Add)")
+        notes.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/Conv-fused residual Add)")
     plan = ResolvedPlan(model=model_name, onnx_sha256=onnx_sha256, layers=tuple(layers))
-    return Resolution(plan, unmatched, warnings)
+    return Resolution(plan, unmatched, notes)
+
+
+# The names before issue 19, kept for one release for callers on other branches: resolve_plan is the one.
+def resolve(
+    model: onnx.ModelProto,
+    rules: Sequence[PrecisionRule] = (),
+    *,
+    model_name: str,
+    onnx_sha256: str,
+    default: str = "int8",
+    float_default: str = "fp16",
+) -> Resolution:
+    """Deprecated: ``resolve_plan(..., preset="none")``."""
+    warnings.warn("vqz_edge.policy.resolve is deprecated; use resolve_plan (preset='none')", DeprecationWarning,
+                  stacklevel=2)
+    return resolve_plan(model, rules, model_name=model_name, onnx_sha256=onnx_sha256, default=default,
+                        float_default=float_default)
 
 
 def resolve_spec(
@@ -145,11 +175,7 @@ def resolve_spec(
     rules: Sequence[PrecisionRule] = (),
     preset: str = "cnn",
     default: str = "int8",
-    placement: Placement | None = None,
 ) -> Resolution:
-    """Presets first (final head FP32, transformer specifics), then the user's rules, which override."""
-    from .presets import preset_rules
-
-    placement = placement or place(model)
-    return resolve(model, rules, model_name=model_name, onnx_sha256=onnx_sha256, default=default,
-                   preset_rules=preset_rules(model, preset, placement), placement=placement)
+    """Deprecated: ``resolve_plan(..., preset=...)`` (its default preset is ``none``, this one's ``cnn``)."""
+    warnings.warn("vqz_edge.policy.resolve_spec is deprecated; use resolve_plan", DeprecationWarning, stacklevel=2)
+    return resolve_plan(model, rules, model_name=model_name, onnx_sha256=onnx_sha256, preset=preset, default=default)

@@ -14,6 +14,8 @@ from ..errors import InputError
 from ..fsutil import atomic_write_bytes
 from ..sensitivity.sweep import SensitivityResult
 from .console import format_auto_plan, format_diagnostics, format_ranking
+from .html import render
+from .plots import plot_all
 
 REPORT_FILES = ("sensitivity.png", "sensitivity_by_layer.png", "histograms.png", "precision_map.png", "report.html")
 
@@ -21,9 +23,6 @@ __all__ = ["REPORT_FILES", "format_auto_plan", "format_diagnostics", "format_ran
 
 
 def render_report(result: SensitivityResult, histograms: Mapping[str, AbsHistogram]) -> dict[str, bytes]:
-    from .html import render
-    from .plots import plot_all
-
     images = plot_all(result, histograms)
     return {**images, "report.html": render(result, images).encode("utf-8")}
 

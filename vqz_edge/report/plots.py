@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts.plan import ResolvedPlan
 from ..calib.histogram import AbsHistogram
 from ..calib.thresholds import percentile_amax
-from ..policy.plan import ResolvedPlan
 from ..sensitivity.sweep import LOSS_LABEL, SensitivityResult
 from ..sensitivity.units import block_of
 

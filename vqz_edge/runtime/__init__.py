@@ -5,10 +5,11 @@
         out = r.run({"input": x})
 
 Nothing here imports tensorrt, pycuda or onnxruntime at import time. The engine manifest it verifies is
-:mod:`vqz_edge.engine_manifest`.
+:mod:`vqz_edge.artifacts.engine_manifest`.
 """
 
+from ..vocab import BACKENDS
 from .base import EngineRunner, IOInfo
-from .loader import BACKENDS, artifact_kind, onnx_budget, open_runner
+from .loader import artifact_kind, onnx_budget, open_runner
 
 __all__ = ["BACKENDS", "EngineRunner", "IOInfo", "artifact_kind", "onnx_budget", "open_runner"]

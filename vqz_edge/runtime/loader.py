@@ -1,7 +1,7 @@
 """``open_runner``: pick the backend for a path, check the memory budget, then load.
 
 * an engine directory (``model.engine`` + ``manifest.json``), a ``.engine`` file or a manifest -> TensorRT
-  (:mod:`vqz_edge.trt.runtime`; needs the device). The manifest is verified and the budget checked against
+  (:mod:`vqz_edge.runtime.trt_backend`; needs the device). The manifest is verified and the budget checked against
   the memory free right now before the engine is deserialised.
 * an ``.onnx`` file -> ONNX Runtime on the CPU (FP32 and Q/DQ models). With ``target`` the budget is
   checked against that module (what this model would need there, FP16/INT8 as planned); without, against
@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
+from ..artifacts.engine_manifest import MANIFEST_NAME, EngineManifest, load_manifest
+from ..device import read_live_memory
 from ..errors import InputError, require_file
 from ..log import get_logger
 from ..memory.budget import (
@@ -24,13 +25,14 @@ from ..memory.budget import (
     require_fit,
     runtime_overhead,
 )
+from ..memory.estimate import estimate_engine_dir, estimate_onnx
 from ..targets import Target, get_target, list_targets
-from ..vocab import ENGINE_SUFFIXES
+from ..vocab import ENGINE_SUFFIXES, canonical_backend
 from .base import EngineRunner
+from .ort_backend import OrtRunner
+from .trt_backend import TrtRunner
 
 _log = get_logger(__name__)
-
-BACKENDS = ("auto", "ort", "trt")
 
 
 def artifact_kind(path: Path) -> str:
@@ -81,9 +83,6 @@ def onnx_budget(
     resident: Sequence[MemoryItem] = (),
 ) -> BudgetReport:
     """The budget an ONNX model needs before ONNX Runtime loads it (see module docstring)."""
-    from ..device import read_live_memory
-    from ..memory.estimate import estimate_onnx
-
     if target is not None:
         est = estimate_onnx(path, batch=max_batch)
         return check_budget(target, [*est.items, *resident], os_reserve_bytes=os_reserve_bytes,
@@ -115,33 +114,31 @@ def open_runner(
     Raises BudgetError (exit code 7) with the breakdown when the model does not fit, before any session
     or execution context exists; EngineMismatchError when the engine belongs to another TensorRT/GPU.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"backend {backend!r} not in {BACKENDS}")
+    try:
+        backend = canonical_backend(backend)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     path = Path(path)
     kind = artifact_kind(path)
     tgt = _resolve_target(target, targets_files)
     if kind == "onnx":
-        if backend == "trt":
+        if backend == "tensorrt":
             raise InputError(
                 f"{path} is an ONNX file; the TensorRT backend runs built engines",
-                hint="build one on the device (vqz-edge build), or use --backend ort",
+                hint="build one on the device (vqz-edge build), or use --backend onnxruntime",
             )
         if check_memory:
             require_fit(onnx_budget(path, target=tgt, max_batch=max_batch, margin_fraction=margin_fraction,
                                     os_reserve_bytes=os_reserve_bytes, resident=resident),
                         action="creating the ONNX Runtime session")
-        from .ort_backend import OrtRunner
-
         return OrtRunner(path, threads=threads)
 
-    if backend == "ort":
+    if backend == "onnxruntime":
         raise InputError(
             f"{path} is a TensorRT engine; ONNX Runtime runs .onnx files",
-            hint="run the engine on the device (--backend trt / auto), or run the .onnx it was built from",
+            hint="run the engine on the device (--backend tensorrt / auto), or run the .onnx it was built from",
         )
     manifest = load_manifest(path)
-    from ..memory.estimate import estimate_engine_dir
-
     est = estimate_engine_dir(manifest.path or path)
     if tgt is None and manifest.target in {t.name for t in list_targets(targets_files)}:
         tgt = get_target(manifest.target, targets_files)
@@ -156,7 +153,5 @@ def open_runner(
         )
         _log.info("%s", report.verdict())
         require_fit(report)
-
-    from ..trt.runtime import TrtRunner
 
     return TrtRunner(manifest, budget=budget if check_memory else None)

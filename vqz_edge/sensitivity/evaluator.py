@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
+from ..artifacts.plan import ResolvedPlan
 from ..calib.collect import with_outputs
 from ..calib.evaluate import compare_rows, row_cosine, sqnr_db
 from ..calib.qdq import insert_qdq
@@ -24,7 +25,6 @@ from ..calib.tasks import TASK_METRICS, TaskAccumulator, TaskSpec, task_value
 from ..errors import InputError
 from ..onnx_io import graph_inputs, graph_outputs
 from ..policy.placement import Placement, place
-from ..policy.plan import ResolvedPlan
 
 __all__ = ["METRICS", "TASK_METRICS", "Evaluator", "Metrics", "Variant", "evaluate_stream"]
 

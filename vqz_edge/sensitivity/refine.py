@@ -17,9 +17,9 @@ from typing import Any
 
 import onnx
 
+from ..artifacts.plan import ResolvedPlan
 from ..calib.histogram import AbsHistogram
 from ..calib.thresholds import compute_amax
-from ..policy.plan import ResolvedPlan
 from ..progress import ProgressFactory, make_bar
 from .evaluator import Evaluator
 from .sweep import loss, plan_with

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..artifacts.calib_cache import CalibrationCache, cache_bytes
+from ..artifacts.calib_dir import check_calibration_set
+from ..artifacts.plan import ResolvedPlan
 from ..calib import load_histograms
-from ..calib.cache import CalibrationCache, cache_bytes
 from ..calib.collect import model_memory
-from ..calib.datasource import DataSource, open_data
-from ..calib.finetune import FinetuneOptions
+from ..calib.finetune import FinetuneOptions, finetune_on_data
 from ..calib.histogram import AbsHistogram
 from ..calib.memory import (
     INTERMEDIATE_FACTOR,
@@ -27,19 +28,22 @@ from ..calib.memory import (
     fit_batch,
     fmt_bytes,
 )
-from ..calib.outputs import check_calibration_set
+from ..calib.qdq import insert_qdq
 from ..calib.tasks import TaskSpec
 from ..calib.thresholds import compute_amax
+from ..data.images import demo_sources, folder_sources
+from ..data.source import DataSource, open_data
 from ..errors import InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_file, write_set
 from ..log import get_logger
 from ..onnx_io import graph_inputs, load_model
-from ..policy.plan import ResolvedPlan
-from ..policy.resolve import resolve_spec
+from ..policy.resolve import resolve_plan
 from ..progress import ProgressFactory
 from ..spec import PrecisionRule
+from .costs import layer_costs
 from .diagnostics import diagnose
 from .evaluator import Evaluator, Metrics, Variant, evaluate_stream
+from .refine import refine_thresholds
 from .sweep import (
     AutoPlan,
     SensitivityResult,
@@ -51,6 +55,7 @@ from .sweep import (
     sweep,
     timed,
 )
+from .units import build_units
 
 _log = get_logger(__name__)
 
@@ -114,8 +119,6 @@ def evaluation_batch(model: onnx.ModelProto, requested: int, max_memory: int | N
 
 def crop_sources(src: DataSource) -> list[str] | None:
     """Source photo of every crop, in stream order (crops go round-robin over the files), or None (npy)."""
-    from ..data.images import demo_sources, folder_sources
-
     if src.kind == "npy":
         return None
     sources = demo_sources(src.split) if src.kind == "demo" else folder_sources(src.path)  # type: ignore[arg-type]
@@ -195,7 +198,7 @@ def analyze(
     if method is not None:
         amax = {n: compute_amax(h, method, percentile) for n, h in sorted(cal.histograms.items())}
     name = model_path.parent.name if model_path.stem == "model" else model_path.stem
-    base = resolve_spec(model, model_name=name, onnx_sha256=sha, rules=rules, preset=preset).plan
+    base = resolve_plan(model, model_name=name, onnx_sha256=sha, rules=rules, preset=preset).plan
     infos = graph_inputs(model)
     if len(infos) != 1:
         raise InputError(f"{model_path}: the sensitivity command feeds single-input image models; inputs are "
@@ -211,9 +214,6 @@ def analyze(
     if refine:
         done()
         done = timed(seconds, "refine")
-        from .refine import refine_thresholds
-        from .units import build_units
-
         spec = refine_data or _calibration_data(cal, "threshold refinement", "--refine-data")
         cal_src = open_data(spec, infos[0], count=refine_images, split="calibration")
         cal_eval = Evaluator(model, amax, list(cal_src.batches(batch_size)), output=output)
@@ -235,7 +235,6 @@ def analyze(
         by_tensor.setdefault(f.tensor, []).append(f.kind)
     for r in ranked:
         r.flags = tuple(sorted({k for t in (*r.unit.activations, *r.unit.weights) for k in by_tensor.get(t, [])}))
-    from .costs import layer_costs
 
     desc = f"{src.description.split('(')[0].strip()} (evaluation split): {evaluator.samples} samples for the sweep"
     result = SensitivityResult(
@@ -290,8 +289,6 @@ def analyze(
 def _finetune(model: onnx.ModelProto, amax: dict[str, float], plan: AutoPlan, evaluator: Evaluator,
               options: FinetuneOptions, data: str | Path | None, cal: Calibration, info: Any,
               progress: ProgressFactory | None) -> Variant:
-    from ..calib.finetune import finetune_on_data
-
     ft, src = finetune_on_data(model, amax, plan.plan, data or _calibration_data(cal, "fine-tuning", "--finetune-data"), info,
                                options, output=evaluator.output, progress=progress)
     variant = Variant(ft.model, ft.amax, ft.weight_scales)
@@ -385,8 +382,6 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
         if ft is not None:
             payloads["qdq"] = ft.qdq(a.plan).SerializeToString()
         elif model_path is not None:
-            from ..calib.qdq import insert_qdq
-
             qdq, _ = insert_qdq(onnx.load(str(model_path)), result.amax, a.plan)
             payloads["qdq"] = qdq.SerializeToString()
     # one set, sensitivity.json last; files an earlier run wrote here that this one does not are removed

@@ -28,9 +28,9 @@ from typing import Any
 
 import onnx
 
+from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..log import get_logger
-from ..policy.plan import LayerDecision, ResolvedPlan
-from ..policy.resolve import Resolution, resolve_spec
+from ..policy.resolve import Resolution, resolve_plan
 from ..progress import ProgressFactory, make_bar
 from ..spec import PrecisionRule
 from .costs import COMPUTE_OPS, LayerCost, layer_costs
@@ -420,7 +420,7 @@ def auto_plan(
         for r in chosen for node in r.unit.nodes
     ] + [PrecisionRule(precision="int8", node=node, reason="preset pin released: the target holds without it")
          for node in released]
-    resolution = resolve_spec(model, model_name=base_plan.model, onnx_sha256=onnx_sha256 or base_plan.onnx_sha256,
+    resolution = resolve_plan(model, model_name=base_plan.model, onnx_sha256=onnx_sha256 or base_plan.onnx_sha256,
                               rules=[*spec_rules, *rules], preset=preset)
     costs = layer_costs(model)
     return AutoPlan(opts, metric, [r.unit.name for r in chosen], [x for r in chosen for x in r.unit.nodes],

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..artifacts.plan import ResolvedPlan
 from ..policy.placement import Placement, place
-from ..policy.plan import ResolvedPlan
 from ..policy.resolve import scope_of
 
 GRANULARITIES = ("layer", "block")

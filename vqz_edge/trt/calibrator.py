@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.source import open_data
 from ..errors import DataError, DependencyError
 from ..fsutil import atomic_write_bytes
 from ..log import get_logger
+from ..onnx_io import TensorInfo
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -57,9 +59,6 @@ def import_pycuda() -> Any:
 def spec_batches(spec: Spec, input_name: str, batch_shape: tuple[int, ...]) -> BatchSource:
     """The spec's [calibration] data as float32 batches of exactly ``batch_shape`` (N, C, H, W),
     read lazily; an incomplete last batch is dropped (TensorRT calibrates at the profile's shape)."""
-    from ..calib.datasource import open_data
-    from ..onnx_io import TensorInfo
-
     data = spec.calibration.data
     where = data if data == "demo" else str(spec.resolve_path(data))
     source = open_data(where, TensorInfo(input_name, batch_shape, "float32"), count=spec.calibration.num_images)

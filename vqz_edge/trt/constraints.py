@@ -17,11 +17,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..artifacts.plan import ResolvedPlan
 from ..errors import InputError
 from ..fsutil import canonical_json, sha256_bytes
-from ..policy.plan import ResolvedPlan
 from ..versions import TrtVersion
-from ..vocab import CLI_BUILD_MODES
+from ..vocab import CLI_BUILD_MODES, ONNX_FILE, QDQ_ONNX_FILE
 
 PRECISION_CONSTRAINTS = ("obey", "prefer")
 FLOAT_DTYPES = ("float32", "float16")
@@ -103,7 +103,7 @@ class BuildDecision:
 
     @property
     def onnx_name(self) -> str:
-        return "model.qdq.onnx" if self.mode == "explicit" else "model.onnx"
+        return QDQ_ONNX_FILE if self.mode == "explicit" else ONNX_FILE
 
 
 def decide_build(
@@ -130,7 +130,8 @@ def decide_build(
                 f"TensorRT {version} has no FP16 builder flag (strong typing only): --mode fp16 needs an "
                 "FP16 ONNX model", hint="use --mode explicit with the Q/DQ model",
             )
-        return BuildDecision("fp16", False, True, False, False, ("fp32",))
+        return BuildDecision(mode="fp16", strongly_typed=False, fp16=True, int8=False, calibrator=False,
+                             constrain=("fp32",))
     if mode == "implicit":
         if not version.supports_implicit_int8:
             raise InputError(
@@ -142,7 +143,8 @@ def decide_build(
                 f"implicit INT8 calibration is deprecated since TensorRT 10.1 (this is {version}); "
                 "--mode explicit builds the same plan from model.qdq.onnx"
             )
-        return BuildDecision("implicit", False, True, True, True, ("fp16", "fp32"), tuple(notes))
+        return BuildDecision(mode="implicit", strongly_typed=False, fp16=True, int8=True, calibrator=True,
+                             constrain=("fp16", "fp32"), notes=tuple(notes))
     # explicit: Q/DQ nodes in the model decide INT8 placement.
     if not have_qdq:
         raise InputError("--mode explicit needs model.qdq.onnx", hint="run `vqz-edge calibrate` first")
@@ -160,8 +162,10 @@ def decide_build(
                 f"TensorRT {version} builds strongly typed: layers the plan keeps in FP16 run in FP32 "
                 "(the Q/DQ model is FP32 outside the quantized layers)"
             )
-        return BuildDecision("explicit", True, False, False, False, (), tuple(notes))
-    return BuildDecision("explicit", False, True, True, False, ("fp16", "fp32"), tuple(notes))
+        return BuildDecision(mode="explicit", strongly_typed=True, fp16=False, int8=False, calibrator=False,
+                             constrain=(), notes=tuple(notes))
+    return BuildDecision(mode="explicit", strongly_typed=False, fp16=True, int8=True, calibrator=False,
+                         constrain=("fp16", "fp32"), notes=tuple(notes))
 
 
 def check_dla(target: str, dla_cores: int, dla_core: int | None) -> None:

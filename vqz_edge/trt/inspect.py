@@ -23,8 +23,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..artifacts.plan import ResolvedPlan
 from ..errors import EngineBuildError
-from ..policy.plan import ResolvedPlan
 from .constraints import expected_precision, onnx_nodes_from_metadata
 
 _RANK = {"int8": 0, "fp16": 1, "fp32": 2}

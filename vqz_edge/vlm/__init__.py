@@ -18,8 +18,8 @@ lists) import them lazily inside functions.
 
 from .configs import SHIPPED, VlmConfig, load_shipped, load_vlm_config, parse_vlm_config
 from .errors import AuditFailed, PrecisionRefused, VlmConfigError
-from .memory import PlanOptions, VlmPlan, plan_vlm
 from .params import COMPONENTS, ParamCount, count_params
+from .planner import PlanOptions, VlmPlan, plan_vlm
 
 __all__ = [
     "COMPONENTS",

@@ -33,12 +33,17 @@ import numpy as np
 import onnx
 
 from .. import ort as ortu
+from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..data.images import Preprocessing, demo_crops
 from ..errors import ExportError, InputError, VerificationError
+from ..export.onnx_passes import remove_batchnorm
+from ..export.torch_side import export_onnx
 from ..fsutil import atomic_path, atomic_write_json, sha256_file
 from ..log import get_logger
 from ..onnx_io import count_ops, graph_inputs, graph_outputs
 from ..progress import ProgressFactory, make_bar
+from ..vocab import PLAN_FILE
+from .audit import load_model
 from .configs import VlmConfig, load_vlm_config
 from .gguf_export import GgufResult, gguf_file_name, require_gguf_model, write_llm_gguf
 from .params import VISION_SIDE, component_of
@@ -55,7 +60,6 @@ EXPORT_VERSION = 1
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ONNX_FILE = "vision.onnx"
-PLAN_FILE = "plan.json"
 MANIFEST_FILE = "vlm_export.json"
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LLM_FORMATS = ("bnb", "gguf")
@@ -263,8 +267,6 @@ def token_cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
 
 
 def _fp16_plan(model: onnx.ModelProto, onnx_sha: str, name: str) -> dict[str, Any]:
-    from ..policy.plan import LayerDecision, ResolvedPlan
-
     layers = tuple(
         LayerDecision(n.name, n.op_type, "fp16", "vlm-vision-fp16", n.op_type in QUANTIZABLE_OPS)
         for n in model.graph.node
@@ -294,9 +296,6 @@ def export_vision(
     plan and the LLM's NF4 quantization config. ``model``: an already loaded model (tests)."""
     import torch
 
-    from ..export.onnx_passes import remove_batchnorm
-    from ..export.torch_side import export_onnx
-    from .audit import load_model
 
     opts = opts or VisionExportOptions()
     t0 = time.perf_counter()

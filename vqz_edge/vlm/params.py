@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import DependencyError
 from .configs import VlmConfig
 
 COMPONENTS = ("vision_tower", "connector", "llm_backbone", "embeddings", "lm_head")
@@ -243,8 +244,6 @@ def iter_linear_modules(model: Any) -> Iterator[tuple[str, Any]]:
 
 def hf_config_object(cfg: VlmConfig) -> Any:
     """The transformers config object for ``cfg`` (built from the config dict, no hub access)."""
-    from ..errors import DependencyError
-
     try:
         import transformers
     except ImportError as exc:

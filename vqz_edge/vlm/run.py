@@ -32,7 +32,8 @@ from ..errors import DependencyError, InputError, VerificationError
 from ..fsutil import sha256_file
 from ..log import get_logger
 from ..progress import ProgressFactory, make_bar
-from ..runtime import BACKENDS, open_runner
+from ..runtime import open_runner
+from ..vocab import BACKENDS
 from .audit import AuditReport, audit_model, load_model, require_pass
 from .configs import VlmConfig, load_vlm_config
 from .export import MANIFEST_FILE, ONNX_FILE, VisionExportOptions, export_vision

@@ -11,7 +11,7 @@ Llama 3.2 Vision 90B    180         --             48            --
 ======================  ==========  =============  ============  ======================
 
 Ours comes from the parameter count of the published config (exact, cross-checked against the real
-transformers classes on the meta device) and the byte model of :mod:`vqz_edge.vlm.memory`. Where they
+transformers classes on the meta device) and the byte model of :mod:`vqz_edge.vlm.weights`. Where they
 differ, :func:`explain` splits the difference exactly into named causes, relative to the simplest reading
 of the seed (``nominal parameters x 0.5 byte -- x 1 byte for INT8 -- the vision tower at 2 bytes``), and
 :func:`closest_formula`
@@ -27,8 +27,9 @@ from typing import Any
 from ..memory import GIB
 from ..targets import Target, list_targets
 from .configs import SHIPPED, VlmConfig, load_shipped
-from .memory import PlanOptions, bits_per_weight, component_precisions, min_context, plan_vlm, weight_bytes
 from .params import ParamCount, count_params
+from .planner import PlanOptions, min_context, plan_vlm
+from .weights import bits_per_weight, component_precisions, weight_bytes
 
 GB = 1_000_000_000
 #: A named accounting convention "matches" a seed number within this relative error.

@@ -14,6 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .configs import parse_vlm_config
+from .params import hf_config_object
+
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, PYTHON_TAG_ID, MERGED_ID, IMAGE_ID = 256, 257, 258, 259, 260, 261, 300
 TINY_VOCAB = 320
 TINY_TEXT_LLAMA: dict[str, Any] = {
@@ -65,9 +68,6 @@ def tiny_config_dict(family: str = "llava") -> dict[str, Any]:
 def build_tiny_model(family: str = "llava", seed: int = 0) -> Any:
     """The real transformers model of a tiny ``family`` config, randomly initialised with ``seed``."""
     import torch
-
-    from .configs import parse_vlm_config
-    from .params import hf_config_object
 
     cfg = parse_vlm_config(tiny_config_dict(family), origin=f"tiny-{family}", name=f"tiny-{family}")
     from transformers import AutoModelForImageTextToText

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import Preprocessing, demo_sources, folder_sources, iter_crops
 from ..errors import DataError, describe_path
 from ..log import get_logger
 from ..onnx_io import TensorInfo
+from .images import Preprocessing, demo_sources, folder_sources, iter_crops
 
 _log = get_logger(__name__)
 

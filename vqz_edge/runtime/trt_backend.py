@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..artifacts.engine_manifest import EngineManifest, verify_manifest
 from ..device import GpuInfo, gpu_from_device, import_pycuda, read_live_memory
-from ..engine_manifest import EngineManifest, verify_manifest
 from ..errors import DeviceRuntimeError, InputError
 from ..log import get_logger
-from ..runtime.base import EngineRunner, IOInfo
-from .callbacks import collect_errors, polygraphy
-from .compat import import_tensorrt, runtime_version
+from ..trt.callbacks import collect_errors, polygraphy
+from ..trt.compat import import_tensorrt, runtime_version
+from .base import EngineRunner, IOInfo
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..vocab import LAYER_PRECISIONS
+
 PLAN_VERSION = 1
-LAYER_PRECISIONS = ("int8", "fp16", "fp32")
 
 
 @dataclass(frozen=True)

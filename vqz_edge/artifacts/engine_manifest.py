@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import InputError, VerificationError
-from .fsutil import atomic_path, canonical_json, sha256_bytes, sha256_file
-from .versions import parse_trt_version
-from .vocab import BUILD_MODES, ENGINE_FILE, ENGINE_MANIFEST_FILE
+from .. import __version__
+from ..errors import InputError, VerificationError
+from ..fsutil import atomic_path, canonical_json, sha256_bytes, sha256_file
+from ..versions import parse_trt_version
+from ..vocab import BUILD_MODES, ENGINE_FILE, ENGINE_MANIFEST_FILE
 
 MANIFEST_NAME = ENGINE_MANIFEST_FILE
 MANIFEST_SCHEMA = 1

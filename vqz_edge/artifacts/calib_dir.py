@@ -16,13 +16,14 @@ from typing import Any
 
 from ..errors import InputError
 from ..fsutil import canonical_json, sha256_bytes, sha256_file, write_set
+from ..vocab import CACHE_FILE, HISTOGRAMS_FILE, PLAN_FILE, QDQ_ONNX_FILE, SUMMARY_FILE
 
-SUMMARY = "summary.json"
+SUMMARY = SUMMARY_FILE
 SET_FILES = {
-    "cache": "calibration.cache",
-    "qdq": "model.qdq.onnx",
-    "histograms": "histograms.npz",
-    "plan": "plan.json",
+    "cache": CACHE_FILE,
+    "qdq": QDQ_ONNX_FILE,
+    "histograms": HISTOGRAMS_FILE,
+    "plan": PLAN_FILE,
     "finetuned": "model.finetuned.onnx",
     "finetuned_cache": "calibration.finetuned.cache",
 }
