@@ -48,7 +48,7 @@ def test_report_is_deterministic_and_self_contained(vit_result: tuple[Sensitivit
     for name in ("sensitivity.png", "histograms.png", "precision_map.png"):
         assert a[name].startswith(PNG) and 5_000 < len(a[name]) < 200_000, (name, len(a[name]))
     html = a["report.html"].decode()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4  # ranking, by layer index, histograms, precision map
     assert not re.search(r"""(src|href)=["'](?!data:)""", html), "the report must not reference external files"
     for r in result.units:  # every unit in the ranking table, names escaped
         assert r.unit.name in html

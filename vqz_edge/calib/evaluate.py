@@ -18,6 +18,8 @@ from ..errors import DataError, InputError, VerificationError, require_file
 from ..export.hf import HARD_NEGATIVES, SENTENCE_PAIRS, minilm_path, tokenize
 from ..onnx_io import graph_inputs, graph_outputs
 from ..progress import ProgressFactory, make_bar
+from .collect import with_outputs
+from .tasks import TaskSpec
 
 
 @dataclass
@@ -116,19 +118,23 @@ class FidelityReport:
     data: str
     samples: int
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    task: dict[str, Any] | None = None  # task metrics (dense / detection) and the outputs that drive them
 
     @property
     def primary(self) -> dict[str, Any]:
         return self.outputs[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "reference": self.reference,
             "candidate": self.candidate,
             "data": self.data,
             "samples": self.samples,
             "outputs": self.outputs,
         }
+        if self.task is not None:
+            d["task"] = self.task
+        return d
 
 
 def evaluate(
@@ -140,8 +146,10 @@ def evaluate(
     data_description: str,
     reference_outputs_cache: list[dict[str, np.ndarray]] | None = None,
     progress: ProgressFactory | None = None,
+    task: TaskSpec | None = None,
 ) -> FidelityReport:
-    """Run both models over ``batches`` and accumulate metrics per output.
+    """Run both models over ``batches`` and accumulate metrics per output (every output of a multi-output model),
+    and with ``task`` the task metrics (calib.tasks) on the outputs that drive them.
 
     ``reference_outputs_cache``: pass an empty list to have FP32 outputs stored, or a filled one to reuse
     them (the sensitivity sweep evaluates many candidates against one reference).
@@ -156,6 +164,13 @@ def evaluate(
     if names != [o.name for o in graph_outputs(cand_model)]:
         raise InputError(f"models have different outputs: {names} vs {[o.name for o in graph_outputs(cand_model)]}")
     input_name = ref_in[0].name
+    extra: list[str] = []
+    task_acc = None
+    if task is not None:
+        task_acc = task.accumulator(ref_model)
+        extra = [t for t in task_acc.tensors if t not in names]
+        ref_model, cand_model = with_outputs(ref_model, extra), with_outputs(cand_model, extra)
+    fetched = [*names, *extra]
     reuse = reference_outputs_cache is not None and len(reference_outputs_cache) > 0
     ref_sess = None if reuse else ortu.session(ref_model)
     cand_sess = ortu.session(cand_model)
@@ -166,15 +181,18 @@ def evaluate(
         for b, x in enumerate(batches):
             if reuse:
                 assert reference_outputs_cache is not None
-                ref = [reference_outputs_cache[b][n] for n in names]
+                ref = [reference_outputs_cache[b][n] for n in fetched]
             else:
                 assert ref_sess is not None
-                ref = ortu.run(ref_sess, {input_name: x})
+                ref = ortu.run(ref_sess, {input_name: x}, fetched)
                 if reference_outputs_cache is not None:
-                    reference_outputs_cache.append(dict(zip(names, ref)))
-            got = ortu.run(cand_sess, {input_name: x})
+                    reference_outputs_cache.append(dict(zip(fetched, ref)))
+            got = ortu.run(cand_sess, {input_name: x}, fetched)
             for a, r, g in zip(acc, ref, got):
                 a.update(r, g)
+            if task_acc is not None:
+                by_r, by_g = dict(zip(fetched, ref)), dict(zip(fetched, got))
+                task_acc.update([by_r[t] for t in task_acc.tensors], [by_g[t] for t in task_acc.tensors])
             samples += x.shape[0]
             bar.update(1)
     finally:
@@ -183,7 +201,8 @@ def evaluate(
         raise InputError("evaluation data yielded no samples")
     return FidelityReport(str(reference if isinstance(reference, Path) else "<model>"),
                           str(candidate if isinstance(candidate, Path) else "<model>"),
-                          data_description, samples, [a.result() for a in acc])
+                          data_description, samples, [a.result() for a in acc],
+                          None if task_acc is None else task_acc.result())
 
 
 # ---- retrieval: image and text embeddings ---------------------------------------------------------------------

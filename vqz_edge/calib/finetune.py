@@ -31,10 +31,11 @@ from ..data.source import DataSource, Declared, open_data
 from ..errors import CalibrationError, DependencyError, InputError
 from ..log import get_logger
 from ..onnx_io import TensorInfo, graph_inputs
+from ..policy.placement import Placement, place
 from ..progress import ProgressFactory, make_bar
 from .collect import model_memory
 from .memory import FINETUNE_FACTOR, FINETUNE_WEIGHT_FACTOR, current_rss, default_budget, fit_batch, fmt_bytes
-from .qdq import per_channel_scale, weight_axis
+from .qdq import per_channel_scale
 
 _log = get_logger(__name__)
 
@@ -117,8 +118,8 @@ class QuantPoints:
         return {name: axis for name, axis in self.weights.values()}
 
 
-def quant_points(model: onnx.ModelProto, plan: ResolvedPlan) -> QuantPoints:
-    inits = {i.name: i for i in model.graph.initializer}
+def quant_points(model: onnx.ModelProto, plan: ResolvedPlan, placement: Placement | None = None) -> QuantPoints:
+    placement = placement or place(model)
     decided = {layer.name: layer for layer in plan.layers}
     acts: dict[tuple[str, int], str] = {}
     weights: dict[tuple[str, int], tuple[str, int]] = {}
@@ -126,16 +127,14 @@ def quant_points(model: onnx.ModelProto, plan: ResolvedPlan) -> QuantPoints:
         layer = decided.get(node.name)
         if layer is None or not layer.quantizable or layer.precision != "int8":
             continue
-        operands = 2 if node.op_type in ("Add", "Gemm", "MatMul") else 1
-        for k in range(operands):
-            name = node.input[k]
-            if name in inits:
-                if node.op_type != "Add":
-                    weights[(node.name, k)] = (name, weight_axis(node, k, len(inits[name].dims)))
-            else:
-                acts[(node.name, k)] = name
-        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in inits:
-            weights[(node.name, 1)] = (node.input[1], weight_axis(node, 1, len(inits[node.input[1]].dims)))
+        site = placement.site(node.name)
+        if site is None:
+            raise CalibrationError(f"the plan puts {node.name!r} in INT8 but the placement rules give it no Q/DQ",
+                                   hint="resolve the plan against this model with the same placement options")
+        for k in site.activations:
+            acts[(node.name, k)] = node.input[k]
+        for k, axis in site.weights:
+            weights[(node.name, k)] = (node.input[k], axis)
     return QuantPoints(acts, weights)
 
 

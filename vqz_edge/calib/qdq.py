@@ -2,9 +2,11 @@
 
 Placement follows TensorRT's explicit-quantization guidance (Q/DQ on the *inputs* of the layers to run
 in INT8, so TensorRT fuses DQ -> layer -> Q into an INT8 kernel):
-  * activations: per-tensor symmetric int8 (zero point 0, scale amax/127) on the activation inputs of
-    INT8 Conv / ConvTranspose / Gemm / MatMul, and on both inputs of INT8 residual Adds; one Q/DQ pair
-    per tensor, shared by all its INT8 consumers (other consumers keep the float tensor);
+  * which inputs of an INT8 layer get Q/DQ is decided by the placement rules (vqz_edge.policy.placement,
+    docs/placement.md): activation inputs of Conv / Gemm / MatMul, both inputs of attention MatMuls, only the
+    skip input of a Conv-fused residual Add, nothing on a transformer's residual stream;
+  * activations: per-tensor symmetric int8 (zero point 0, scale amax/127); one Q/DQ pair per tensor, shared by
+    all its INT8 consumers (other consumers keep the float tensor);
   * weights: per-channel symmetric int8 Q->DQ on the FP32 weights, on the output-channel axis
     (Conv: 0; ConvTranspose: 1; Gemm: 0 if transB else 1; MatMul: last). TensorRT 8.6+ folds the
     weight Q at build time; ONNX Runtime runs the model as is, so accuracy is measured on the CPU.
@@ -23,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..artifacts.plan import ResolvedPlan
 from ..errors import CalibrationError
 from ..log import get_logger
+from ..policy.placement import Placement, place
 
 _log = get_logger(__name__)
 QDQ_MIN_OPSET = 13
@@ -38,21 +41,6 @@ class QdqReport:
 
     def to_dict(self) -> dict[str, int]:
         return dict(vars(self))
-
-
-def weight_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if input_index == 1:
-            return 0 if attrs.get("transB", 0) else 1
-        return 1 if attrs.get("transA", 0) else 0
-    if node.op_type == "MatMul":
-        return rank - 1 if input_index == 1 else max(rank - 2, 0)
-    raise ValueError(f"no weight axis for {node.op_type}")
 
 
 def per_channel_scale(w: np.ndarray, axis: int) -> np.ndarray:
@@ -74,9 +62,12 @@ def insert_qdq(
     amax: Mapping[str, float],
     plan: ResolvedPlan,
     weight_scales: Mapping[str, np.ndarray] | None = None,
+    placement: Placement | None = None,
 ) -> tuple[onnx.ModelProto, QdqReport]:
     """``weight_scales``: per-channel scales for weights whose values were already put on an INT8 grid (weight
-    rounding); every other weight gets absmax/127 per channel."""
+    rounding); every other weight gets absmax/127 per channel. ``placement``: where Q/DQ goes (default: the
+    placement rules on ``model``; pass one to reuse it across many plans of one model)."""
+    placement = placement or place(model)
     model = _upgrade_opset(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -133,19 +124,18 @@ def insert_qdq(
         if layer.precision != "int8":
             n_skipped += 1
             continue
+        site = placement.site(node.name)
+        if site is None:
+            raise CalibrationError(
+                f"the plan puts {node.op_type} {node.name!r} in INT8 but the placement rules give it no Q/DQ "
+                f"({placement.excluded.get(node.name, ('', 'not an INT8 layer'))[1]})",
+                hint="resolve the plan against this model with the same placement options",
+            )
         n_int8 += 1
-        operands = 2 if node.op_type in ("Add", "Gemm", "MatMul") else 1
-        for k in range(operands):
-            name = node.input[k]
-            if name in inits:
-                if node.op_type != "Add":
-                    node.input[k] = weight_qdq(name, weight_axis(node, k, len(inits[name].dims)))
-            else:
-                node.input[k] = act_qdq(name)
-        if node.op_type in ("Conv", "ConvTranspose"):
-            w = node.input[1]
-            if w in inits:
-                node.input[1] = weight_qdq(w, weight_axis(node, 1, len(inits[w].dims)))
+        for k in site.activations:
+            node.input[k] = act_qdq(node.input[k])
+        for k, axis in site.weights:
+            node.input[k] = weight_qdq(node.input[k], axis)
 
     # Put each Q/DQ pair right after its producer so the graph stays topologically sorted.
     producers = {o: i for i, n in enumerate(graph.node) for o in n.output}

@@ -14,6 +14,7 @@ from ..onnx_io import graph_inputs, load_model
 from ..progress import tqdm_factory
 from ..spec import load_spec
 from . import COMMANDS, emit_json, options
+from .task_options import add_task_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,9 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
     p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
-    p.add_argument("--task", choices=["fidelity", "retrieval"], default="fidelity",
-                   help="fidelity (default): output agreement metrics; retrieval: Recall@1/@5 of embeddings "
-                   "(reference, candidate, and candidate queries against a reference index)")
+    p.add_argument("--task", choices=["fidelity", "retrieval", "dense", "detection"], default="fidelity",
+                   help="fidelity (default): output agreement metrics of every output; retrieval: Recall@1/@5 of "
+                   "embeddings (reference, candidate, and candidate queries against a reference index); dense: "
+                   "fidelity plus mIoU of label maps and correlation of pre-activation maps; detection: fidelity "
+                   "plus mAP@0.5, mAP@0.5:0.95 and recall of the candidate's detections against the reference's")
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True,
                    help="folder of images, FILE.npy, or 'demo' (the evaluation split); retrieval with a text "
@@ -41,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="image retrieval: crops per held-out photo, labelled by photo (default 10)")
     r.add_argument("--tokenizer", type=Path,
                    help="text retrieval: a transformers tokenizer directory (default: the packaged MiniLM's)")
+    add_task_options(p)
     p.add_argument("-o", "--output", type=Path, help="also write the report as JSON here (e.g. fidelity.json)")
     options.add_common(p)
     p.set_defaults(func=run)
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(
         ref, cand, src.batches(args.batch_size), total_batches=math.ceil(src.count / args.batch_size),
         data_description=src.description, progress=None if args.quiet or args.json else tqdm_factory,
+        task=task_from_args(args.task, args),
     )
     doc = report.to_dict() | {"reference": str(args.reference), "candidate": str(args.candidate),
                               "preprocessing": src.preprocessing_record(), "preprocessing_notes": notes,
@@ -91,7 +96,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {line}")
     for line in warnings:
         print(f"  WARNING: {line}")
+    if report.task is not None:
+        print(format_task(report.task))
     return 0
+
+
+def format_task(t: dict) -> str:  # type: ignore[type-arg]
+    drive = ", ".join(t["driving_outputs"])
+    if t["task"] == "dense":
+        corr = "n/a" if t["map_correlation"] is None else f"{t['map_correlation']:.4f} (min {t['map_correlation_min']:.4f})"
+        miou = "n/a" if t["miou"] is None else f"{t['miou']:.4f}"
+        return f"  dense task on {drive}: map correlation {corr} of the {t['correlation_of']}; mIoU {miou} over {t['classes']} classes"
+    if t["map50"] is None:
+        return (f"  detection task on {drive}: the reference made no detection at conf >= {t['conf']} on "
+                f"{t['images']} images; nothing to score")
+    prec = "n/a" if t["precision_at_op"] is None else f"{t['precision_at_op'] * 100:.1f}%"
+    return (f"  detection task on {drive} ({t['reference_detections']} reference detections at conf >= {t['conf']}, "
+            f"{t['images']} images): mAP@0.5 {t['map50'] * 100:.1f}, mAP@0.5:0.95 {t['map50_95'] * 100:.1f}, "
+            f"recall at the operating point {t['recall_at_op'] * 100:.1f}% (precision {prec})")
 
 
 def format_fidelity(outputs: list[dict]) -> str:  # type: ignore[type-arg]

@@ -17,6 +17,8 @@ from ..sensitivity import SweepOptions, TargetOptions, analyze, cache_version, w
 from ..spec import load_spec
 from ..vocab import CALIBRATION_METHODS, PRESETS
 from . import COMMANDS, emit_json, options
+from .evaluate_cmd import format_task
+from .task_options import METRICS, TASK_METRICS, add_task_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--granularity", choices=["layer", "block"], default="layer",
                    help="layer: one quantizable node; block: the layers of one module scope (e.g. features.3)")
     s.add_argument("--block-depth", type=options.positive_int, help="block = the first N components of the module scope")
-    s.add_argument("--metric", choices=["cosine", "agreement", "sqnr"], default="cosine",
-                   help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB")
+    s.add_argument("--metric", choices=list(METRICS), default="cosine",
+                   help="cosine: mean output cosine; agreement: top-1 agreement (classifiers); sqnr: dB; with --task "
+                   "dense: map_correlation (pre-activation maps), miou; with --task detection: map50, map50_95, "
+                   "recall_at_op (the plan search aims at it: e.g. --metric map50 --goal 0.99)")
+    s.add_argument("--task", choices=["dense", "detection"],
+                   help="report task metrics for every plan (and allow them as --metric): dense maps or detections")
     s.add_argument("--reverse", action="store_true", help="all INT8 except one unit (gain of keeping it FP16)")
     s.add_argument("--output-name", help="graph output to measure (default: the first)")
     s.add_argument("--method", choices=CALIBRATION_METHODS,
@@ -66,9 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=argparse.SUPPRESS)  # the old spelling, for one release: --target is a Jetson module elsewhere
     t.add_argument("--min-agreement", type=options.float_range(0.0, 1.0), help="also require this top-1 agreement, e.g. 0.92")
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
+    t.add_argument("--release-pins", action="store_true",
+                   help="the preset is where the search starts: afterwards, release (to INT8) the preset's pinned "
+                   "layers, block by block, cheapest first, wherever the goal still holds")
     f = options.add_finetune_args(p, "quantization-aware fine-tuning (with --goal)", "for the automatic plan")
     f.add_argument("--finetune-data", help="calibration data (default: the calibration's, if demo)")
     options.add_preprocessing_args(p)
+    add_task_options(p)
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path,
                    help="where sensitivity.json (and with --goal plan.json, precision_rules.toml, model.qdq.onnx) go "
@@ -100,13 +110,19 @@ def run(args: argparse.Namespace) -> int:
                                block_depth=args.block_depth)
         target = None
         if args.goal is not None:
-            target = TargetOptions(target=args.goal, min_agreement=args.min_agreement, max_kept=args.max_kept)
-        elif args.min_agreement is not None or args.max_kept is not None or args.finetune:
-            raise InputError("--min-agreement, --max-kept and --finetune only apply with --goal")
+            target = TargetOptions(target=args.goal, min_agreement=args.min_agreement, max_kept=args.max_kept,
+                                   release_pins=args.release_pins)
+        elif args.min_agreement is not None or args.max_kept is not None or args.finetune or args.release_pins:
+            raise InputError("--min-agreement, --max-kept, --release-pins and --finetune only apply with --goal")
         finetune = options.finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    if target is not None and args.metric in ("cosine", "agreement") and not 0.0 < args.goal <= 1.0:
+    task = task_from_args(args.task, args)
+    if args.metric in TASK_METRICS["dense"] + TASK_METRICS["detection"]:
+        kind = "dense" if args.metric in TASK_METRICS["dense"] else "detection"
+        if task is None or task.kind != kind:
+            raise InputError(f"--metric {args.metric} is a {kind} metric", hint=f"add --task {kind}")
+    if target is not None and args.metric != "sqnr" and not 0.0 < args.goal <= 1.0:
         raise InputError(f"--goal {args.goal} is impossible for --metric {args.metric} (a value in (0, 1])",
                          hint="e.g. --goal 0.995 for cosine, --goal 0.9 for agreement, --metric sqnr --goal 30")
     outdir = args.output or args.calibration / "sensitivity"
@@ -124,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         refine_images=args.refine_images, finetune=finetune, finetune_data=args.finetune_data,
         max_memory=options.memory_budget(args), progress=None if args.quiet or args.json else tqdm_factory,
         preprocessing=pre_arg,
+        task=task,
     )
     files = write_outputs(result, outdir, args.model, cache_version(cal))
     if args.report:
@@ -143,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"all {len(result.units)} {result.options.granularity}s INT8: cosine {a.cosine:.4f}"
           + (f", top-1 agreement {a.agreement * 100:.1f}%" if a.agreement is not None else "")
           + (f", SQNR {a.sqnr_db:.1f} dB" if a.sqnr_db is not None else ""))
+    if a.task is not None:
+        print(format_task(a.task).replace("  ", "  all INT8: ", 1))
     if result.refined:
         print(f"thresholds {result.thresholds}: {len(result.refined)} tensors changed")
     print(f"precision preset {preset} ({preset_origin})")

@@ -18,7 +18,8 @@ import onnx
 
 from ..spec import PrecisionRule
 from ..vocab import PRESETS
-from .graph import initializer_names, is_quantizable
+from .graph import initializer_names
+from .placement import Placement, place
 
 QK_NAME = re.compile(r"(?:^|[/._])(query|key|q_proj|k_proj|to_q|to_k|wq|wk)(?:$|[/._])", re.IGNORECASE)
 
@@ -40,8 +41,9 @@ PASS_THROUGH = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Iden
                 "Add", "Mul", "Div", "Sub", "Tanh", "Gelu", "Erf", "LayerNormalization", "Pow", "Sqrt"}
 
 
-def final_head(model: onnx.ModelProto) -> list[str]:
+def final_head(model: onnx.ModelProto, placement: Placement | None = None) -> list[str]:
     """Quantizable layers reached walking back from each graph output through non-quantizable nodes."""
+    placement = placement or place(model)
     inits = initializer_names(model)
     producers = _producers(model)
     found: list[str] = []
@@ -56,12 +58,12 @@ def final_head(model: onnx.ModelProto) -> list[str]:
         if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             found.append(node.name)
             continue
-        if is_quantizable(node, inits) or node.op_type in PASS_THROUGH:
+        if placement.quantizable(node.name) or node.op_type in PASS_THROUGH:
             stack.extend(i for i in node.input if i and i not in inits)
     return sorted(found)
 
 
-def _gelu_outputs(model: onnx.ModelProto) -> list[str]:
+def gelu_outputs(model: onnx.ModelProto) -> list[str]:
     consumers = _consumers(model)
     outs = [n.output[0] for n in model.graph.node if n.op_type == "Gelu"]
     for node in model.graph.node:
@@ -77,7 +79,14 @@ def _gelu_outputs(model: onnx.ModelProto) -> list[str]:
     return outs
 
 
-def _nearest_quantizable(model: onnx.ModelProto, start: Iterable[str], downstream: bool, inits: set[str]) -> set[str]:
+def _merges(node: onnx.NodeProto, inits: set[str]) -> bool:
+    """An Add of two activations (a residual merge): the neighbourhood walks stop there, whether or not the
+    placement quantizes it -- the layers beyond it are not the Softmax/GELU/LayerNorm's neighbours."""
+    return node.op_type == "Add" and len(node.input) == 2 and all(i and i not in inits for i in node.input)
+
+
+def _nearest_quantizable(model: onnx.ModelProto, start: Iterable[str], downstream: bool, inits: set[str],
+                         placement: Placement) -> set[str]:
     consumers, producers = _consumers(model), _producers(model)
     hops = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Div", "Mul", "Add"}
     found: set[str] = set()
@@ -89,14 +98,16 @@ def _nearest_quantizable(model: onnx.ModelProto, start: Iterable[str], downstrea
             for node in nodes:
                 if node.op_type in ("Conv", "Gemm", "MatMul"):
                     found.add(node.name)
-                elif node.op_type in hops and not is_quantizable(node, inits):
+                elif node.op_type in hops and not placement.quantizable(node.name) and not _merges(node, inits):
                     nxt.extend(node.output if downstream else [i for i in node.input if i and i not in inits])
         frontier = nxt
     return found
 
 
-def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], inits: set[str]) -> set[str]:
-    """Quantizable residual Adds that produce ``tensors`` (directly or through shape-only ops). In transformers
+def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], placement: Placement) -> set[str]:
+    """Quantizable residual Adds that produce ``tensors`` (directly or through shape-only ops). The default
+    placement (vqz_edge.policy.placement) already keeps a transformer's residual Adds out of INT8; this pins them
+    under placement residual_add='both'. In transformers
     they carry the residual stream -- the tensor with the large outlier channels -- into a LayerNorm; measured on
     all-MiniLM-L6-v2 they are its most INT8-sensitive layers (see docs/sensitivity.md)."""
     producers = _producers(model)
@@ -106,13 +117,14 @@ def _residual_adds_into(model: onnx.ModelProto, tensors: Iterable[str], inits: s
         node = producers.get(tensor)
         while node is not None and node.op_type in hops:
             node = producers.get(node.input[0])
-        if node is not None and node.op_type == "Add" and is_quantizable(node, inits):
+        if node is not None and node.op_type == "Add" and placement.quantizable(node.name):
             found.add(node.name)
     return found
 
 
-def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+def transformer_sensitive(model: onnx.ModelProto, placement: Placement | None = None) -> dict[str, tuple[str, str]]:
     """node name -> (precision, why) for the vit preset."""
+    placement = placement or place(model)
     inits = initializer_names(model)
     out: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
@@ -123,16 +135,16 @@ def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     softmax_out = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
     softmax_in = [n.input[0] for n in model.graph.node if n.op_type == "Softmax"]
     ln_in = [n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization"]
-    for name in _nearest_quantizable(model, softmax_out, True, inits):
+    for name in _nearest_quantizable(model, softmax_out, True, inits, placement):
         out.setdefault(name, ("fp16", "preset vit: attn.V matmul consumes softmax output"))
-    qk = _nearest_quantizable(model, softmax_in, False, inits)
+    qk = _nearest_quantizable(model, softmax_in, False, inits, placement)
     for name in qk:
         out.setdefault(name, ("fp16", "preset vit: Q.K^T matmul feeds softmax"))
-    for name in _nearest_quantizable(model, _gelu_outputs(model), True, inits):
+    for name in _nearest_quantizable(model, gelu_outputs(model), True, inits, placement):
         out.setdefault(name, ("fp16", "preset vit: consumes GELU output (twin-peaked)"))
-    for name in _nearest_quantizable(model, ln_in, False, inits):
+    for name in _nearest_quantizable(model, ln_in, False, inits, placement):
         out.setdefault(name, ("fp16", "preset vit: feeds LayerNorm"))
-    for name in _residual_adds_into(model, ln_in, inits):
+    for name in _residual_adds_into(model, ln_in, placement):
         out.setdefault(name, ("fp16", "preset vit: residual Add feeds LayerNorm (outliers of the residual stream)"))
     # Q/K projections: by name (HF ViT query/key, CLIP/SigLIP q_proj/k_proj), else the matmuls feeding Q.K^T
     producers = _producers(model)
@@ -141,12 +153,13 @@ def transformer_sensitive(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
             out.setdefault(node.name, ("fp16", "preset vit: attention Q/K projection (most sensitive)"))
     for name in qk:
         qk_node = next(n for n in model.graph.node if n.name == name)
-        for proj in _nearest_quantizable(model, [i for i in qk_node.input if i in producers], False, inits):
+        for proj in _nearest_quantizable(model, [i for i in qk_node.input if i in producers], False, inits, placement):
             out.setdefault(proj, ("fp16", "preset vit: attention Q/K projection (most sensitive)"))
     return out
 
 
-def preset_rules(model: onnx.ModelProto, preset: str) -> list[tuple[str, PrecisionRule]]:
+def preset_rules(model: onnx.ModelProto, preset: str,
+                 placement: Placement | None = None) -> list[tuple[str, PrecisionRule]]:
     if preset not in PRESETS:
         raise ValueError(f"unknown precision preset {preset!r}; choose one of {list(PRESETS)}")
     rules: list[tuple[str, PrecisionRule]] = []
@@ -156,8 +169,9 @@ def preset_rules(model: onnx.ModelProto, preset: str) -> list[tuple[str, Precisi
         rules.append(("preset vlm-vision: vision encoder of a VLM stays FP16",
                       PrecisionRule(precision="fp16", regex=".*")))
     if preset == "vit":
-        for name, (precision, why) in sorted(transformer_sensitive(model).items()):
+        placement = placement or place(model)
+        for name, (precision, why) in sorted(transformer_sensitive(model, placement).items()):
             rules.append((why, PrecisionRule(precision=precision, node=name)))
-    for name in final_head(model):
+    for name in final_head(model, placement):
         rules.append((f"preset {preset}: final head stays FP32", PrecisionRule(precision="fp32", node=name)))
     return rules

@@ -21,7 +21,7 @@ import onnx
 from ..artifacts.plan import LayerDecision, ResolvedPlan
 from ..errors import SpecError
 from ..spec import PrecisionRule
-from .graph import initializer_names, is_quantizable
+from .placement import Placement, place
 from .presets import preset_rules
 
 
@@ -82,21 +82,26 @@ def resolve_plan(
     preset: str = "none",
     default: str = "int8",
     float_default: str = "fp16",
+    placement: Placement | None = None,
 ) -> Resolution:
     """The one resolved plan: every node of ``model`` gets a precision and the rule that decided it.
 
     The preset's rules first (final head FP32, transformer specifics; ``none``: no preset), then the user's
     ``rules`` in order, a later matching rule overriding an earlier one. Quantizable layers start at ``default``,
-    the others at ``float_default``.
+    the others at ``float_default``. Which nodes can run INT8 is ``placement``'s (default: the placement rules on
+    ``model``, vqz_edge.policy.placement).
     """
-    return _resolve(model, [*preset_rules(model, preset), *((rule_label(i, r), r) for i, r in enumerate(rules))],
-                    rules, model_name=model_name, onnx_sha256=onnx_sha256, default=default, float_default=float_default)
+    placement = placement or place(model)
+    return _resolve(model, [*preset_rules(model, preset, placement), *((rule_label(i, r), r) for i, r in enumerate(rules))],
+                    rules, placement, model_name=model_name, onnx_sha256=onnx_sha256, default=default,
+                    float_default=float_default)
 
 
 def _resolve(
     model: onnx.ModelProto,
     labelled: Sequence[tuple[str, PrecisionRule]],
     user_rules: Sequence[PrecisionRule],
+    placement: Placement,
     *,
     model_name: str,
     onnx_sha256: str,
@@ -110,16 +115,20 @@ def _resolve(
                 re.compile(rule.regex)
             except re.error as exc:
                 raise SpecError(f"precision.rules[{idx}].regex {rule.regex!r} is not a valid regular expression: {exc}") from exc
-    inits = initializer_names(model)
     hits = [0] * len(labelled)
     layers = []
     notes = []
     for node in model.graph.node:
         if node.op_type in ("Constant",):
             continue
-        quantizable = is_quantizable(node, inits)
+        quantizable = placement.quantizable(node.name)
         precision = default if quantizable else float_default
-        why = "default" if quantizable else f"no INT8 kernel: {float_default}"
+        if quantizable:
+            why = "default"
+        elif node.name in placement.excluded:
+            why = f"placement {placement.excluded[node.name][0]}: {placement.excluded[node.name][1]}: {float_default}"
+        else:
+            why = f"no INT8 kernel: {float_default}"
         for k, (label, rule) in enumerate(labelled):
             if not rule_matches(rule, node):
                 continue
@@ -136,7 +145,7 @@ def _resolve(
         layers.append(LayerDecision(node.name, node.op_type, precision, why, quantizable))
     unmatched = [label for (label, _), n in zip(labelled, hits) if n == 0]
     if not any(layer.quantizable for layer in layers):
-        notes.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/residual Add)")
+        notes.append("the model has no quantizable layers (Conv/ConvTranspose/Gemm/MatMul/Conv-fused residual Add)")
     plan = ResolvedPlan(model=model_name, onnx_sha256=onnx_sha256, layers=tuple(layers))
     return Resolution(plan, unmatched, notes)
 

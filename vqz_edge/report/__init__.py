@@ -1,7 +1,7 @@
 """Reports people look at: PNG plots, one self-contained HTML file, and a compact console table.
 
 ``write_report(result, histograms, outdir)`` writes (deterministic names, each atomically):
-``sensitivity.png``, ``histograms.png``, ``precision_map.png`` and ``report.html`` (which embeds them).
+``sensitivity.png``, ``sensitivity_by_layer.png``, ``histograms.png``, ``precision_map.png`` and ``report.html`` (which embeds them).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .console import format_auto_plan, format_diagnostics, format_ranking
 from .html import render
 from .plots import plot_all
 
-REPORT_FILES = ("sensitivity.png", "histograms.png", "precision_map.png", "report.html")
+REPORT_FILES = ("sensitivity.png", "sensitivity_by_layer.png", "histograms.png", "precision_map.png", "report.html")
 
 __all__ = ["REPORT_FILES", "format_auto_plan", "format_diagnostics", "format_ranking", "render_report", "write_report"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..sensitivity.sweep import LOSS_LABEL, SensitivityResult
+from ..sensitivity.sweep import LOSS_LABEL, SensitivityResult, metric_in
 
 
 def _short(name: str, width: int) -> str:
@@ -72,14 +72,13 @@ def format_auto_plan(result: SensitivityResult) -> str:
                             "to close this)" if gap["large"] else ""))
     v = a.verification
     if v:
-        key = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[m]
         b, p = v["baseline_all_int8"], v["plan"]
-        lines.append(f"  verification ({v['samples']} other held-out samples): all INT8 {m} {b[key]:.4f} top-1 "
-                     f"{_pct(b['agreement']).strip()}  ->  plan {m} {p[key]:.4f} top-1 {_pct(p['agreement']).strip()}"
+        lines.append(f"  verification ({v['samples']} other held-out samples): all INT8 {m} {metric_in(b, m):.4f} top-1 "
+                     f"{_pct(b['agreement']).strip()}  ->  plan {m} {metric_in(p, m):.4f} top-1 {_pct(p['agreement']).strip()}"
                      + ("" if v.get("plan_finetuned") else f"  {'MET' if v['met'] else 'NOT MET'}"))
         ft = v.get("plan_finetuned")
         if ft:
-            lines.append(f"    fine-tuned plan {m} {ft[key]:.4f} top-1 {_pct(ft['agreement']).strip()}  "
+            lines.append(f"    fine-tuned plan {m} {metric_in(ft, m):.4f} top-1 {_pct(ft['agreement']).strip()}  "
                          f"{'MET' if v['met'] else 'NOT MET'}")
         final = ft or p
         if final.get("agreement_confident") is not None:
@@ -89,6 +88,9 @@ def format_auto_plan(result: SensitivityResult) -> str:
     lines.append(f"  above INT8: {s['compute_layers_above_int8']}/{s['compute_layers']} compute layers "
                  f"({s['layers_share'] * 100:.1f}%; Conv/Gemm {s['conv_gemm_layers_above_int8']}/{s['conv_gemm_layers']}), "
                  f"{s['macs_share'] * 100:.1f}% of MACs, {s['params_share'] * 100:.1f}% of params")
+    if a.pins is not None:
+        lines.append(f"  preset pins: {a.pins['pinned_layers']} pinned layers in {a.pins['groups']} groups; released "
+                     f"{len(a.released)} ({', '.join(a.pins.get('released_groups', [])) or 'none'})")
     for u in a.kept:
         lines.append(f"    FP16  {u}")
     return "\n".join(lines)

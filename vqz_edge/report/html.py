@@ -123,7 +123,9 @@ def render(result: SensitivityResult, images: Mapping[str, bytes]) -> str:
             parts += ["<h3>Verification by source photo</h3>",
                       _table(["source", "samples", "cosine all INT8", "cosine plan", "top-1 agreement INT8 / plan"],
                              prow, {1, 2, 3})]
-    for name, title in (("sensitivity.png", "Sensitivity ranking"), ("histograms.png", "Activation histograms"),
+    for name, title in (("sensitivity.png", "Sensitivity ranking"),
+                        ("sensitivity_by_layer.png", "Sensitivity vs layer index"),
+                        ("histograms.png", "Activation histograms"),
                         ("precision_map.png", "Precision map")):
         if name in images:
             parts += [f"<h2>{title}</h2>", _img(name, images[name])]

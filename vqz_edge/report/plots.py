@@ -104,6 +104,40 @@ def sensitivity_chart(result: SensitivityResult, top: int = 25) -> bytes:
     return _png(fig)
 
 
+_OP_MARKERS = {"Conv": "o", "ConvTranspose": "o", "Gemm": "s", "MatMul": "s", "Add": "^"}
+
+
+@_styled
+def layer_index_chart(result: SensitivityResult) -> bytes:
+    """Every unit's sensitivity against its position in the graph (the seed's "accuracy vs layer index" picture):
+    where along the network the damage sits. Marker by op (o Conv, square Gemm/MatMul, triangle Add, diamond
+    block); orange: kept above INT8 by the automatic plan."""
+    order = {layer.name: i for i, layer in enumerate(result.base_plan.layers)}
+    units = sorted(result.units, key=lambda u: min(order.get(n, 0) for n in u.unit.nodes))
+    kept = set(result.auto.kept) if result.auto else set()
+    fig = _figure((9.0, 3.4))
+    ax = fig.add_axes((0.08, 0.16, 0.9, 0.7))
+    x = np.arange(len(units))
+    scores = np.array([max(u.score, 1e-9) for u in units])
+    ax.plot(x, scores, "-", color="#999999", lw=0.6)
+    for i, u in enumerate(units):
+        marker = "D" if u.unit.kind == "block" else _OP_MARKERS.get(u.unit.op_types[0], "x")
+        color = COLORS["fp16"] if u.unit.name in kept else COLORS["int8"]
+        ax.plot([i], [scores[i]], marker, color=color, ms=4)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{result.options.granularity} index in graph order (0 = nearest the input)")
+    what = "all INT8 except this unit: gain in" if result.options.reverse else "only this unit INT8:"
+    ax.set_ylabel(f"{what}\n{LOSS_LABEL[result.options.metric]}", fontsize=7)
+    step = max(1, len(units) // 12)
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels([short(u.unit.name, 18) for u in units[::step]], rotation=30, ha="right", fontsize=6)
+    ax.grid(alpha=0.25)
+    fig.suptitle(f"{result.model}: sensitivity vs {result.options.granularity} index ({len(units)} units, "
+                 f"{result.samples} samples)" + ("; orange: kept above INT8" if kept else ""), x=0.01, ha="left",
+                 fontsize=9)
+    return _png(fig)
+
+
 def _tensor_panels(result: SensitivityResult, count: int) -> list[tuple[str, str]]:
     """(tensor, unit name) for the activations of the most sensitive units, first appearance only."""
     seen: dict[str, str] = {}
@@ -206,6 +240,7 @@ def plot_all(result: SensitivityResult, histograms: Mapping[str, AbsHistogram], 
     title = f"{result.model}: " + ("automatic plan" if result.auto else "base plan (sweep candidates INT8)")
     return {
         "sensitivity.png": sensitivity_chart(result, top),
+        "sensitivity_by_layer.png": layer_index_chart(result),
         "histograms.png": histogram_grid(result, histograms, histogram_count),
         "precision_map.png": precision_map(plan, title, result.options.block_depth),
     }

@@ -18,6 +18,11 @@ Three tests, all on data calibration already has (the 2048-bin |x| histograms, t
   ``SPREAD_RATIO`` (32): a per-tensor weight scale leaves the weakest channel fewer than 127/32 ~ 4 levels.
   Typical of depthwise convolutions after BatchNorm folding; per-channel scales (which vqz-edge writes and
   TensorRT uses) are what makes them quantizable.
+* **GELU range** (``gelu_range``): a GELU output lies in [-0.17, max]; a symmetric INT8 scale spends its negative
+  127 levels on [-0.17, 0] -- flagged when fewer than ``GELU_LEVELS`` (16) of them are used.
+
+Flags on a tensor the graph identifies are named by what it is (``role``): *post-softmax* (a Softmax output, also
+after a Cast/Reshape) and *GELU output* (a Gelu node or its erf form).
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..calib.histogram import AbsHistogram
-from ..calib.qdq import weight_axis
 from ..calib.thresholds import percentile_amax
-from ..policy.graph import is_quantizable
+from ..policy.placement import Placement, place, weight_axis
+from ..policy.presets import gelu_outputs
 from .units import quantized_inputs
 
 COARSE_BINS = 32
@@ -42,7 +47,31 @@ TWIN_PEAK_SHARE = 2e-4
 TWIN_PROMINENCE = 2.0
 OUTLIER_RATIO = 8.0
 SPREAD_RATIO = 32.0
-KINDS = ("twin_peak", "outliers", "channel_spread")
+KINDS = ("twin_peak", "outliers", "channel_spread", "gelu_range")
+GELU_MIN = 0.1700  # min of x * Phi(x), at x ~ -0.75: GELU outputs lie in [-0.17, max]
+GELU_LEVELS = 16  # flag a GELU output whose negative lobe gets fewer of the 127 negative levels than this
+_PASS = ("Cast", "Reshape", "Transpose", "Identity", "Dropout", "Squeeze", "Unsqueeze")
+
+
+def tensor_roles(model: onnx.ModelProto) -> dict[str, str]:
+    """What a tensor is, where the graph says: 'post-softmax' (a Softmax output, also through Cast/Reshape/...:
+    attention probabilities in [0, 1]) and 'GELU output' (a Gelu node or the erf form)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    roles: dict[str, str] = {}
+    starts = [(n.output[0], "post-softmax") for n in model.graph.node if n.op_type == "Softmax"]
+    starts += [(t, "GELU output") for t in gelu_outputs(model)]
+    for tensor, role in starts:
+        frontier = [tensor]
+        while frontier:
+            t = frontier.pop()
+            if t in roles:
+                continue
+            roles[t] = role
+            frontier.extend(c.output[0] for c in consumers.get(t, []) if c.op_type in _PASS and c.output)
+    return roles
 
 
 @dataclass(frozen=True)
@@ -103,17 +132,38 @@ class Flag:
     detail: str
     suggestion: str
     consumers: tuple[str, ...] = field(default_factory=tuple)  # quantizable layers that read it
+    role: str = ""  # what the tensor is ('post-softmax', 'GELU output'), where the graph says
 
     def to_dict(self) -> dict[str, Any]:
         return {"tensor": self.tensor, "kind": self.kind, "value": round(self.value, 6), "detail": self.detail,
-                "suggestion": self.suggestion, "consumers": list(self.consumers)}
+                "suggestion": self.suggestion, "consumers": list(self.consumers), "role": self.role}
 
 
 def _fmt_pct(x: float) -> str:
     return f"{x * 100:.2g}%" if x < 0.01 else f"{x * 100:.1f}%"
 
 
-def activation_flags(name: str, hist: AbsHistogram, amax: float | None, consumers: Sequence[str] = ()) -> list[Flag]:
+def activation_flags(name: str, hist: AbsHistogram, amax: float | None, consumers: Sequence[str] = (),
+                     role: str = "") -> list[Flag]:
+    flags = _activation_flags(name, hist, amax, consumers)
+    if role == "GELU output":
+        used = amax if amax is not None and amax > 0 else hist.amax
+        levels = 127 * GELU_MIN / max(used, 1e-12)
+        if used > 0 and levels < GELU_LEVELS:
+            flags.append(Flag(
+                name, "gelu_range", levels,
+                f"GELU output in [-{GELU_MIN}, {hist.amax:.3g}]: a symmetric INT8 scale at {used:.3g} spends its "
+                f"negative half (127 levels) on [-{GELU_MIN}, 0], where ~{levels:.1f} of them are used -- the "
+                "negative lobe collapses to a few values and the positive side gets 7 bits",
+                "keep its consumer (the FFN down-projection) FP16 -- the vit preset does; TensorRT's INT8 is symmetric, "
+                "so no zero point can reclaim the negative half", tuple(consumers)))
+    if role:
+        flags = [Flag(f.tensor, f.kind, f.value, f.detail if f.detail.startswith(role) else f"{role}: {f.detail}",
+                      f.suggestion, f.consumers, role) for f in flags]
+    return flags
+
+
+def _activation_flags(name: str, hist: AbsHistogram, amax: float | None, consumers: Sequence[str] = ()) -> list[Flag]:
     flags: list[Flag] = []
     top = hist.amax
     tp = twin_peak(hist)
@@ -172,27 +222,28 @@ def diagnose(
     histograms: Mapping[str, AbsHistogram],
     amax: Mapping[str, float],
     layers: Sequence[str] | None = None,
+    placement: Placement | None = None,
 ) -> list[Flag]:
     """Flags for the activations and weights of ``layers`` (default: every quantizable layer), in graph order."""
+    placement = placement or place(model)
     inits = {i.name: i for i in model.graph.initializer}
-    names = set(inits)
     wanted = set(layers) if layers is not None else None
     consumers: dict[str, list[str]] = {}
     weight_of: list[tuple[onnx.NodeProto, str, int]] = []
-
     for node in model.graph.node:
-        if not is_quantizable(node, names) or (wanted is not None and node.name not in wanted):
+        if not placement.quantizable(node.name) or (wanted is not None and node.name not in wanted):
             continue
-        acts, weights = quantized_inputs(node, names)
+        acts, weights = quantized_inputs(node, placement)
         for a in acts:
             consumers.setdefault(a, []).append(node.name)
         for w in weights:
             weight_of.append((node, w, list(node.input).index(w)))
     flags: list[Flag] = []
+    roles = tensor_roles(model)
     for tensor, users in consumers.items():
         hist = histograms.get(tensor)
         if hist is not None:
-            flags.extend(activation_flags(tensor, hist, amax.get(tensor), users))
+            flags.extend(activation_flags(tensor, hist, amax.get(tensor), users, roles.get(tensor, "")))
     seen: set[str] = set()
     for node, w, index in weight_of:
         if w in seen:

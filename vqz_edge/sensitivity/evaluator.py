@@ -18,12 +18,17 @@ import onnx
 
 from .. import ort as ortu
 from ..artifacts.plan import ResolvedPlan
+from ..calib.collect import with_outputs
 from ..calib.evaluate import compare_rows, row_cosine, sqnr_db
 from ..calib.qdq import insert_qdq
+from ..calib.tasks import TASK_METRICS, TaskAccumulator, TaskSpec, task_value
 from ..errors import InputError
 from ..onnx_io import graph_inputs, graph_outputs
+from ..policy.placement import Placement, place
 
-METRICS = ("cosine", "agreement", "sqnr")
+__all__ = ["METRICS", "TASK_METRICS", "Evaluator", "Metrics", "Variant", "evaluate_stream"]
+
+METRICS = ("cosine", "agreement", "sqnr", *TASK_METRICS["dense"], *TASK_METRICS["detection"])
 CONFIDENT = 0.5  # FP32 softmax top-1 probability above which a sample counts as confident
 
 
@@ -40,9 +45,15 @@ class Metrics:
     confident_share: float | None = None
     # mean per-sample ||ref - got||^2 / ||ref||^2 (each sample's output flattened): fine-tuning's distillation loss
     nmse: float | None = None
+    task: dict[str, Any] | None = None  # task metrics (calib.tasks) when the evaluator has a task
 
     def value(self, metric: str) -> float:
         """The metric, higher is better."""
+        if metric in TASK_METRICS["dense"] or metric in TASK_METRICS["detection"]:
+            if self.task is None or metric not in TASK_METRICS[self.task["task"]]:
+                raise InputError(f"metric {metric!r} needs a {'dense' if metric in TASK_METRICS['dense'] else 'detection'}"
+                                 " task", hint="add --task dense or --task detection")
+            return task_value(self.task, metric)
         if metric == "cosine":
             return self.cosine
         if metric == "agreement":
@@ -64,7 +75,12 @@ class Metrics:
             "agreement_confident": None if self.agreement_confident is None else round(self.agreement_confident, 6),
             "confident_share": None if self.confident_share is None else round(self.confident_share, 6),
             "nmse": None if self.nmse is None else round(self.nmse, 8),
+            **({"task": _rounded(self.task)} if self.task is not None else {}),
         }
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
 
 
 class _Accumulator:
@@ -156,38 +172,54 @@ class Evaluator:
         *,
         sources: Sequence[str] | None = None,
         output: str | None = None,
+        placement: Placement | None = None,
+        task: TaskSpec | None = None,
     ) -> None:
+        self.placement = placement or place(model)
+        self.task = task
+        _, self.output = _primary_index(model, output)
+        self.task_tensors: list[str] = [] if task is None else task.tensors(model)
+        names = [o.name for o in graph_outputs(model)]
         self.model = model
+        self._extra = [t for t in self.task_tensors if t not in names]  # e.g. a pre-sigmoid map, read as an output
+        self.fetch = list(dict.fromkeys([self.output, *self.task_tensors]))
         self.amax = dict(amax)
         self.batches = [_feeds(model, b) for b in batches]
         self.sources = list(sources) if sources is not None else None
-        _, self.output = _primary_index(model, output)
-        self._reference: list[np.ndarray] | None = None
+        self._reference: list[list[np.ndarray]] | None = None
         self.evaluations = 0
 
     @property
     def samples(self) -> int:
         return sum(_batch_size(b) for b in self.batches)
 
-    def reference(self) -> list[np.ndarray]:
+    def reference(self) -> list[list[np.ndarray]]:
+        """The reference's arrays of ``fetch`` (the primary output first), per batch."""
         if self._reference is None:
-            sess = ortu.session(self.model)
-            self._reference = [ortu.run(sess, x, [self.output])[0] for x in self.batches]
+            sess = ortu.session(with_outputs(self.model, self._extra))
+            self._reference = [ortu.run(sess, x, self.fetch) for x in self.batches]
         return self._reference
 
+    def _task_accumulator(self) -> TaskAccumulator | None:
+        return None if self.task is None else self.task.accumulator(self.model)
+
     def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
-        return _qdq(self.model, self.amax, plan, variant)
+        return _qdq(self.model, self.amax, plan, variant, self.placement)
 
     def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
         """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
         reference of this model."""
         ref = self.reference()
-        sess = ortu.session(self.qdq_model(plan, variant))
+        sess = ortu.session(with_outputs(self.qdq_model(plan, variant), self._extra))
         acc = _Accumulator(self.output)
+        task = self._task_accumulator()
         for x, r in zip(self.batches, ref):
-            acc.update(r, ortu.run(sess, x, [self.output])[0])
+            got = ortu.run(sess, x, self.fetch)
+            acc.update(r[0], got[0])
+            if task is not None:
+                _task_update(task, self.fetch, r, got)
         self.evaluations += 1
-        return acc.result(self.sources)
+        return _with_task(acc.result(self.sources), task)
 
 
 @dataclass(frozen=True)
@@ -199,16 +231,32 @@ class Variant:
     amax: Mapping[str, float]
     weight_scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
-    def qdq(self, plan: ResolvedPlan) -> onnx.ModelProto:
+    def qdq(self, plan: ResolvedPlan, placement: Placement | None = None) -> onnx.ModelProto:
         # the trained per-channel scales, as calibrate writes them: absmax/127 of on-grid weights only equals
         # them up to rounding
-        return insert_qdq(self.model, self.amax, plan, self.weight_scales)[0]
+        return insert_qdq(self.model, self.amax, plan, self.weight_scales, placement)[0]
 
 
 def _qdq(model: onnx.ModelProto, amax: Mapping[str, float], plan: ResolvedPlan,
-         variant: Variant | None = None) -> onnx.ModelProto:
-    """``plan`` as a Q/DQ model of ``model`` with ``amax``, or of ``variant`` when given."""
-    return variant.qdq(plan) if variant is not None else insert_qdq(model, amax, plan)[0]
+         variant: Variant | None = None, placement: Placement | None = None) -> onnx.ModelProto:
+    """``plan`` as a Q/DQ model of ``model`` with ``amax``, or of ``variant`` when given (same graph, so the same
+    placement)."""
+    if variant is not None:
+        return variant.qdq(plan, placement)
+    return insert_qdq(model, amax, plan, placement=placement)[0]
+
+
+def _task_update(task: TaskAccumulator, fetch: Sequence[str], ref: Sequence[np.ndarray],
+                 got: Sequence[np.ndarray]) -> None:
+    by_r, by_g = dict(zip(fetch, ref)), dict(zip(fetch, got))
+    task.update([by_r[t] for t in task.tensors], [by_g[t] for t in task.tensors])
+
+
+def _with_task(m: Metrics, task: TaskAccumulator | None) -> Metrics:
+    if task is None:
+        return m
+    return Metrics(m.samples, m.cosine, m.agreement, m.sqnr_db, m.per_source, m.agreement_confident,
+                   m.confident_share, m.nmse, task.result())
 
 
 def evaluate_stream(
@@ -219,15 +267,26 @@ def evaluate_stream(
     *,
     sources: Sequence[str] | None = None,
     output: str | None = None,
+    task: TaskSpec | None = None,
 ) -> list[Metrics]:
     """Several plans in one pass over streamed data (nothing but one batch kept): for verification runs."""
     _, out_name = _primary_index(model, output)
-    ref_sess = ortu.session(model)
-    sessions = [ortu.session(_qdq(model, amax, *p) if isinstance(p, tuple) else _qdq(model, amax, p)) for p in plans]
+    placement = place(model)
+    tensors = [] if task is None else task.tensors(model)
+    names = [o.name for o in graph_outputs(model)]
+    extra = [t for t in tensors if t not in names]
+    fetch = list(dict.fromkeys([out_name, *tensors]))
+    ref_sess = ortu.session(with_outputs(model, extra))
+    sessions = [ortu.session(with_outputs(_qdq(model, amax, p[0], p[1], placement) if isinstance(p, tuple)
+                                          else _qdq(model, amax, p, None, placement), extra)) for p in plans]
     accs = [_Accumulator(out_name) for _ in plans]
+    tasks = [None if task is None else task.accumulator(model) for _ in plans]
     for b in batches:
         x = _feeds(model, b)
-        ref = ortu.run(ref_sess, x, [out_name])[0]
-        for sess, acc in zip(sessions, accs):
-            acc.update(ref, ortu.run(sess, x, [out_name])[0])
-    return [a.result(sources) for a in accs]
+        ref = ortu.run(ref_sess, x, fetch)
+        for sess, acc, t in zip(sessions, accs, tasks):
+            got = ortu.run(sess, x, fetch)
+            acc.update(ref[0], got[0])
+            if t is not None:
+                _task_update(t, fetch, ref, got)
+    return [_with_task(a.result(sources), t) for a, t in zip(accs, tasks)]

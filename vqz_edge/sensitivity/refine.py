@@ -63,7 +63,7 @@ def refine_thresholds(
 ) -> tuple[dict[str, float], list[Refined]]:
     """Refined amax for every activation tensor ``units`` quantize (others unchanged), and what changed. While a
     tensor is scored, only its consumers run INT8; every other candidate layer of ``base_plan`` stays FP16."""
-    metric = "cosine" if metric == "agreement" else metric  # agreement is too coarse to rank thresholds
+    metric = metric if metric in ("cosine", "sqnr") else "cosine"  # agreement and task metrics: too coarse to rank thresholds
     candidates = set(candidate_layers(base_plan))  # every other candidate stays above INT8 while a tensor is scored
     consumers: dict[str, set[str]] = {}
     for u in units:

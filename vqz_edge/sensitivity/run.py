@@ -29,6 +29,7 @@ from ..calib.memory import (
     fmt_bytes,
 )
 from ..calib.qdq import insert_qdq
+from ..calib.tasks import TaskSpec
 from ..calib.thresholds import compute_amax
 from ..data.images import demo_sources, folder_sources
 from ..data.source import DataSource, Declared, open_data
@@ -49,6 +50,7 @@ from .sweep import (
     SweepOptions,
     TargetOptions,
     auto_plan,
+    metric_in,
     plan_with,
     sweep,
     timed,
@@ -167,6 +169,7 @@ def analyze(
     max_memory: int | None = None,
     progress: ProgressFactory | None = None,
     preprocessing: Declared = None,
+    task: TaskSpec | None = None,
 ) -> tuple[SensitivityResult, Calibration]:
     """Sweep ``model_path`` with the ranges of ``calibration`` on held-out ``data`` (evaluation split).
 
@@ -177,13 +180,15 @@ def analyze(
     ``refine_data`` (default: the calibration's own data when it was 'demo'). ``finetune`` (with a target)
     trains the automatic plan's INT8 weights and ranges on ``finetune.samples`` calibration-split samples of
     ``finetune_data`` (default: as for refinement) and verifies the fine-tuned model. ``max_memory`` (bytes,
-    default calib.memory.default_budget()) bounds the evaluation batch, as it bounds calibration.
+    default calib.memory.default_budget()) bounds the evaluation batch, as it bounds calibration. ``task`` (dense
+    or detection, calib.tasks) makes its metrics available as ``options.metric`` (map_correlation, miou, map50, ...)
+    and reports them beside cosine for every plan.
     """
     opts = options or SweepOptions()
     if num_images <= 0 or batch_size <= 0 or verify_images < 0:
         raise InputError("num_images and batch_size must be positive, verify_images non-negative")
     if finetune is not None and target is None:
-        raise InputError("fine-tuning trains the automatic plan: it needs a target", hint="add --target")
+        raise InputError("fine-tuning trains the automatic plan: it needs a target", hint="add --goal")
     seconds: dict[str, float] = {}
     done = timed(seconds, "load")
     model_path = Path(model_path)
@@ -218,7 +223,8 @@ def analyze(
                                           metric=opts.metric, progress=progress)
         refined = [c.to_dict() for c in changes]
         thresholds = f"refined on {cal_src.description}"
-    evaluator = Evaluator(model, amax, head, sources=sources[: num_images] if sources else None, output=output)
+    evaluator = Evaluator(model, amax, head, sources=sources[: num_images] if sources else None, output=output,
+                          task=task)
     evaluator.reference()
     done()
 
@@ -240,7 +246,7 @@ def analyze(
     if target is not None:
         done = timed(seconds, "auto_plan")
         plan = auto_plan(model, evaluator, base, ranked, all_int8, opts.metric, target, preset=preset,
-                         spec_rules=rules, onnx_sha256=sha, progress=progress)
+                         spec_rules=rules, onnx_sha256=sha, progress=progress, block_depth=opts.block_depth)
         result.auto = plan
         done()
         variant: Variant | None = None
@@ -259,7 +265,7 @@ def analyze(
             plans: list[ResolvedPlan | tuple[ResolvedPlan, Variant]] = [baseline_plan, plan.plan]
             if variant is not None:
                 plans.append((plan.plan, variant))
-            measured = evaluate_stream(model, amax, plans, rest, sources=vsources, output=output)
+            measured = evaluate_stream(model, amax, plans, rest, sources=vsources, output=output, task=task)
             base_m, plan_m = measured[0], measured[1]
             final = measured[-1]
             n_verify = plan_m.samples
@@ -367,8 +373,8 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
             v = a.verification
             final = v.get("plan_finetuned") or v["plan"]
             header.append(f"verified on {v['samples']} further held-out samples: {a.metric} "
-                          f"{final[_key(a.metric)]}" + (" fine-tuned" if v.get("plan_finetuned") else "")
-                          + f" (all-INT8 {v['baseline_all_int8'][_key(a.metric)]}), met: {v['met']}")
+                          f"{metric_in(final, a.metric)}" + (" fine-tuned" if v.get("plan_finetuned") else "")
+                          + f" (all-INT8 {metric_in(v['baseline_all_int8'], a.metric)}), met: {v['met']}")
         if ft is not None and a.finetune is not None:
             header.append(f"fine-tuned on {a.finetune['options']['samples']} samples of {a.finetune['data']} -- build "
                           "from model.qdq.onnx, or model.finetuned.onnx with calibration.finetuned.cache (implicit)")
@@ -385,9 +391,6 @@ def write_outputs(result: SensitivityResult, outdir: Path, model_path: Path | No
               tag="sensitivity", drop=OUTPUT_FILES.values())
     return {key: outdir / OUTPUT_FILES[key] for key in payloads}
 
-
-def _key(metric: str) -> str:
-    return {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}[metric]
 
 
 __all__ = ["Calibration", "analyze", "cache_version", "crop_sources", "load_calibration", "write_outputs"]

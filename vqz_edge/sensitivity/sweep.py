@@ -35,8 +35,8 @@ from ..progress import ProgressFactory, make_bar
 from ..spec import PrecisionRule
 from .costs import COMPUTE_OPS, LayerCost, layer_costs
 from .diagnostics import Flag
-from .evaluator import METRICS, Evaluator, Metrics, Variant
-from .units import GRANULARITIES, Unit, build_units
+from .evaluator import METRICS, TASK_METRICS, Evaluator, Metrics, Variant
+from .units import GRANULARITIES, Unit, block_of, build_units
 
 _log = get_logger(__name__)
 
@@ -71,6 +71,7 @@ class TargetOptions:
     min_agreement: float | None = None  # an extra constraint on top-1 agreement (classifiers)
     max_kept: int | None = None  # never keep more units above INT8 than this
     prune: bool = True
+    release_pins: bool = False  # after the search, release preset pins the target does not need (reverse sweep)
     version: int = SWEEP_VERSION
 
     def __post_init__(self) -> None:
@@ -93,7 +94,17 @@ def loss(metric: str, m: Metrics) -> float:
     return 1.0 - v
 
 
-LOSS_LABEL = {"cosine": "1 - cosine", "agreement": "1 - top-1 agreement", "sqnr": "noise/signal (10^(-SQNR/10))"}
+LOSS_LABEL = {"cosine": "1 - cosine", "agreement": "1 - top-1 agreement", "sqnr": "noise/signal (10^(-SQNR/10))",
+              "map_correlation": "1 - pre-activation map correlation", "miou": "1 - mIoU", "map50": "1 - mAP@0.5",
+              "map50_95": "1 - mAP@0.5:0.95", "recall_at_op": "1 - recall at the FP32 operating point"}
+_DICT_KEY = {"cosine": "cosine", "agreement": "agreement", "sqnr": "sqnr_db"}
+
+
+def metric_in(d: Mapping[str, Any], metric: str) -> Any:
+    """``metric`` out of a :meth:`Metrics.to_dict` (task metrics live under ``task``)."""
+    if metric in TASK_METRICS["dense"] or metric in TASK_METRICS["detection"]:
+        return (d.get("task") or {}).get(metric)
+    return d[_DICT_KEY[metric]]
 
 
 @dataclass
@@ -130,6 +141,9 @@ class AutoPlan:
     # --finetune: the plan again after quantization-aware fine-tuning (sweep data), and how it was trained
     finetuned: Metrics | None = None
     finetune: dict[str, Any] | None = None
+    # --release-pins: preset-pinned layers the reverse sweep put back in INT8, and the pinned groups it tried
+    released: list[str] = field(default_factory=list)
+    pins: dict[str, Any] | None = None
 
     @property
     def final(self) -> Metrics:
@@ -174,6 +188,8 @@ class AutoPlan:
             "steps": self.steps,
             "share_above_int8": self.share,
             "preset": self.preset,
+            "released_pins": self.released,
+            "pins": self.pins,
             "unmatched_rules": self.resolution.unmatched_rules,
             "verification": self.verification,
         }
@@ -283,7 +299,8 @@ def sweep(
     progress: ProgressFactory | None = None,
 ) -> tuple[list[UnitResult], Metrics]:
     """Run the one-at-a-time sweep. Returns (units ranked most sensitive first, all-INT8 metrics)."""
-    units = build_units(model, base_plan, options.granularity, block_depth=options.block_depth)
+    units = build_units(model, base_plan, options.granularity, block_depth=options.block_depth,
+                        placement=evaluator.placement)
     candidates = {n for u in units for n in u.nodes}
     costs = layer_costs(model)
     bar = make_bar(progress, "sensitivity (plans)", len(units) + 1)
@@ -325,8 +342,10 @@ def auto_plan(
     spec_rules: Sequence[PrecisionRule] = (),
     onnx_sha256: str = "",
     progress: ProgressFactory | None = None,
+    block_depth: int | None = None,
 ) -> AutoPlan:
-    """The smallest set of units (greedy by sensitivity, combinations verified) that meets the target."""
+    """The smallest set of units (greedy by sensitivity, combinations verified) that meets the target; with
+    ``opts.release_pins`` then the preset pins the target does not need are released (:func:`release_pins`)."""
     candidates = {n for r in ranked for n in r.unit.nodes}
     n = len(ranked)
     limit = n if opts.max_kept is None else min(n, opts.max_kept)
@@ -387,17 +406,96 @@ def auto_plan(
     finally:
         bar.close()
     achieved = cache[frozenset(r.unit.name for r in chosen)]
+    released: list[str] = []
+    pins_info: dict[str, Any] | None = None
+    if opts.release_pins and meets(opts, metric, achieved):
+        high = {x for r in chosen for x in r.unit.nodes}
+        released, pins_info, m = release_pins(evaluator, base_plan, candidates, high, metric, opts, steps,
+                                              block_depth=block_depth, progress=progress)
+        if m is not None:
+            achieved = m
     rules = [
         PrecisionRule(precision="fp16", node=node, reason=(
             f"sensitivity rank {r.rank}: alone it costs {LOSS_LABEL[metric]} {r.score:.4g}"))
         for r in chosen for node in r.unit.nodes
-    ]
+    ] + [PrecisionRule(precision="int8", node=node, reason="preset pin released: the target holds without it")
+         for node in released]
     resolution = resolve_plan(model, model_name=base_plan.model, onnx_sha256=onnx_sha256 or base_plan.onnx_sha256,
                               rules=[*spec_rules, *rules], preset=preset)
     costs = layer_costs(model)
     return AutoPlan(opts, metric, [r.unit.name for r in chosen], [x for r in chosen for x in r.unit.nodes],
                     meets(opts, metric, achieved), all_int8, achieved, steps, resolution, rules,
-                    share_above_int8(resolution.plan, costs), preset, tuple(spec_rules))
+                    share_above_int8(resolution.plan, costs), preset, tuple(spec_rules), released=released,
+                    pins=pins_info)
+
+
+def pinned_layers(base_plan: ResolvedPlan) -> list[str]:
+    """Quantizable layers a preset pinned above INT8 (the user's own spec rules are never released)."""
+    return [x.name for x in base_plan.layers
+            if x.quantizable and x.precision != "int8" and x.rule.startswith("preset ")]
+
+
+def release_pins(
+    evaluator: Evaluator,
+    base_plan: ResolvedPlan,
+    candidates: set[str],
+    high: set[str],
+    metric: str,
+    opts: TargetOptions,
+    steps: list[dict[str, Any]],
+    *,
+    block_depth: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> tuple[list[str], dict[str, Any], Metrics | None]:
+    """The reverse sweep from the preset: group the preset's pinned layers by block, rank the groups by what
+    releasing each one alone (to INT8, the search's own FP16 set kept) costs on the sweep data, then release them
+    cheapest first, keeping a release only while the target still holds (NNCF's accuracy control reverts groups the
+    same way). Returns (released layers, a summary, the metrics of the final plan or None when nothing was released)."""
+    pinned = pinned_layers(base_plan)
+    groups: dict[str, list[str]] = {}
+    for name in pinned:
+        groups.setdefault(block_of(name, block_depth), []).append(name)
+    universe = candidates | set(pinned)
+    int8_base = candidates - high
+
+    seen: dict[frozenset[str], Metrics] = {}
+
+    def run(released: set[str], phase: str, label: str) -> Metrics:
+        key = frozenset(released)
+        if key in seen:
+            return seen[key]
+        m = seen[key] = evaluator.evaluate(plan_with(base_plan, int8_base | released, universe,
+                                                     "sensitivity: pin release"))
+        steps.append({"phase": phase, "kept": len(high), "units": [label], "released": len(released),
+                      metric: round(m.value(metric), 6),
+                      "agreement": None if m.agreement is None else round(m.agreement, 6), "met": meets(opts, metric, m)})
+        return m
+
+    summary: dict[str, Any] = {"pinned_layers": len(pinned), "groups": len(groups), "ranking": []}
+    if not groups:
+        return [], summary, None
+    bar = make_bar(progress, "pin release (plans)", 2 * len(groups))
+    try:
+        costs: list[tuple[float, str]] = []
+        for g, names in groups.items():
+            m = run(set(names), "release-rank", g)
+            costs.append((loss(metric, m), g))
+            summary["ranking"].append({"group": g, "layers": len(names), metric: round(m.value(metric), 6),
+                                       "met_alone": meets(opts, metric, m)})
+            bar.update(1)
+        released: set[str] = set()
+        final: Metrics | None = None
+        for _, g in sorted(costs):
+            trial = released | set(groups[g])
+            m = run(trial, "release", g)
+            if meets(opts, metric, m):
+                released, final = trial, m
+            bar.update(1)
+    finally:
+        bar.close()
+    summary["released_groups"] = sorted({block_of(n, block_depth) for n in released})
+    summary["released_layers"] = len(released)
+    return sorted(released), summary, final
 
 
 def _growth(limit: int) -> list[int]:

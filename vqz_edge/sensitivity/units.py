@@ -2,8 +2,8 @@
 layers of one module scope, e.g. ``features.3`` or ``encoder.layer.0``).
 
 For every unit the tensors that get Q/DQ when it runs in INT8 are recorded (exactly what
-:func:`vqz_edge.calib.qdq.insert_qdq` does: the activation inputs of Conv/ConvTranspose (1), Gemm/MatMul (2)
-and both inputs of residual Adds, and the weights), so diagnostics and histograms can point at them.
+:func:`vqz_edge.calib.qdq.insert_qdq` does: the placement rules of :mod:`vqz_edge.policy.placement`), so
+diagnostics and histograms can point at them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..artifacts.plan import ResolvedPlan
+from ..policy.placement import Placement, place
 from ..policy.resolve import scope_of
 
 GRANULARITIES = ("layer", "block")
@@ -60,21 +61,9 @@ def block_of(node_name: str, depth: int | None = None) -> str:
     return ".".join(parts[:2])
 
 
-def quantized_inputs(node: onnx.NodeProto, inits: set[str]) -> tuple[list[str], list[str]]:
-    """(activations, weights) that get Q/DQ when ``node`` runs in INT8 (mirrors insert_qdq)."""
-    operands = 2 if node.op_type in ("Add", "Gemm", "MatMul") else 1
-    acts: list[str] = []
-    weights: list[str] = []
-    for k in range(min(operands, len(node.input))):
-        name = node.input[k]
-        if name in inits:
-            if node.op_type != "Add":
-                weights.append(name)
-        elif name:
-            acts.append(name)
-    if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
-        weights.append(node.input[1])
-    return acts, weights
+def quantized_inputs(node: onnx.NodeProto, placement: Placement) -> tuple[list[str], list[str]]:
+    """(activations, weights) that get Q/DQ when ``node`` runs in INT8 (the placement insert_qdq uses)."""
+    return placement.activation_inputs(node), placement.weight_inputs(node)
 
 
 def candidate_layers(plan: ResolvedPlan) -> list[str]:
@@ -84,18 +73,19 @@ def candidate_layers(plan: ResolvedPlan) -> list[str]:
 
 
 def build_units(
-    model: onnx.ModelProto, plan: ResolvedPlan, granularity: str = "layer", *, block_depth: int | None = None
+    model: onnx.ModelProto, plan: ResolvedPlan, granularity: str = "layer", *, block_depth: int | None = None,
+    placement: Placement | None = None,
 ) -> list[Unit]:
     """Units in graph order."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity {granularity!r} is not one of {list(GRANULARITIES)}")
-    inits = {i.name for i in model.graph.initializer}
+    placement = placement or place(model)
     nodes = {n.name: n for n in model.graph.node}
     cands = candidate_layers(plan)
     per_layer = []
     for name in cands:
         node = nodes[name]
-        acts, weights = quantized_inputs(node, inits)
+        acts, weights = quantized_inputs(node, placement)
         per_layer.append(Unit(name, "layer", (name,), (node.op_type,), block_of(name, block_depth),
                               tuple(acts), tuple(weights)))
     if granularity == "layer":
