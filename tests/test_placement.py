@@ -182,3 +182,47 @@ def test_release_pins_frees_what_the_target_does_not_need() -> None:
     assert strict.met and strict.meets(strict.achieved) and strict.released == []  # type: ignore[attr-defined]
     tried = [s for s in strict.steps if s["phase"].startswith("release")]  # type: ignore[attr-defined]
     assert tried and not any(s["met"] for s in tried)
+
+
+def test_pin_ranking_runs_on_the_samples_where_the_models_disagree_most() -> None:
+    """NNCF-style ranking subset: with 40 sweep samples the pin groups are ranked on the 16 whose output departs
+    most from FP32 under the searched plan; the subset evaluator gives exactly what an evaluator built on those
+    samples alone gives (the FP32 reference sliced, not recomputed)."""
+    from vqz_edge.sensitivity.evaluator import Evaluator
+    from vqz_edge.sensitivity.sweep import (
+        SweepOptions,
+        TargetOptions,
+        auto_plan,
+        disagreement_subset,
+        plan_with,
+        ranking_size,
+        sweep,
+    )
+
+    model = transformer_block()
+    base = resolve_plan(model, model_name="t", onnx_sha256="x", preset="vit").plan
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_normal((8, 5, 8)).astype(np.float32) * rng.uniform(0.5, 3.0) for _ in range(5)]
+    amax = {t: 2.5 for t in ("x", "ln", "q", "kt", "v", "p", "o", "o2", "pooled")}
+    ev = Evaluator(model, amax, batches)
+    assert ev.samples == 40 and ranking_size(40) == 16 and ranking_size(8) == 8 and ranking_size(400) == 100
+    all_int8_plan = plan_with(base, {x.name for x in base.layers if x.quantizable}, {x.name for x in base.layers},
+                              "test")
+    cos = ev.per_sample_cosine(all_int8_plan)
+    assert cos.shape == (40,) and np.isfinite(cos).all() and cos.std() > 0
+    subset = disagreement_subset(cos, 16)
+    assert len(subset) == 16 and max(cos[subset]) <= min(np.delete(cos, subset))  # the 16 lowest, nothing lower left
+    alone = Evaluator(model, amax, [np.concatenate(batches)[subset]])
+    a, b = ev.subset(subset).evaluate(all_int8_plan), alone.evaluate(all_int8_plan)
+    assert a.samples == b.samples == 16 and a.cosine == pytest.approx(b.cosine, abs=1e-6)
+    assert a.cosine < float(cos.mean())  # the subset is the hard part of the data
+    assert a.sqnr_db == pytest.approx(b.sqnr_db, abs=1e-4)
+
+    ranked, all_int8 = sweep(model, ev, base, SweepOptions())
+    plan = auto_plan(model, ev, base, ranked, all_int8, "cosine", TargetOptions(-1.0, release_pins=True), preset="vit")
+    pins = plan.pins  # type: ignore[attr-defined]
+    assert pins["ranking_samples"] == 16 and len(pins["ranking_subset"]) == 16
+    rank_steps = [s for s in plan.steps if s["phase"] == "release-rank"]  # type: ignore[attr-defined]
+    assert rank_steps and all(s["samples"] == 16 for s in rank_steps)
+    release_steps = [s for s in plan.steps if s["phase"] == "release"]  # type: ignore[attr-defined]
+    assert release_steps  # each release is checked on all 40 samples (the evaluator's own data)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from ..artifacts.plan import LayerDecision, ResolvedPlan
@@ -435,6 +436,21 @@ def pinned_layers(base_plan: ResolvedPlan) -> list[str]:
             if x.quantizable and x.precision != "int8" and x.rule.startswith("preset ")]
 
 
+RANKING_MIN = 16  # the ranking subset's least size (all the sweep samples when there are fewer)
+
+
+def ranking_size(samples: int) -> int:
+    """How many sweep samples rank the pin groups: a quarter of them, at least RANKING_MIN, at most all."""
+    return min(samples, max(RANKING_MIN, samples // 4))
+
+
+def disagreement_subset(per_sample_cosine: np.ndarray, size: int) -> list[int]:
+    """The ``size`` samples with the lowest output cosine (where the quantized model departs most from FP32), in
+    sample order; ties keep sample order."""
+    order = np.argsort(np.asarray(per_sample_cosine, dtype=np.float64), kind="stable")[:size]
+    return sorted(int(i) for i in order)
+
+
 def release_pins(
     evaluator: Evaluator,
     base_plan: ResolvedPlan,
@@ -448,9 +464,11 @@ def release_pins(
     progress: ProgressFactory | None = None,
 ) -> tuple[list[str], dict[str, Any], Metrics | None]:
     """The reverse sweep from the preset: group the preset's pinned layers by block, rank the groups by what
-    releasing each one alone (to INT8, the search's own FP16 set kept) costs on the sweep data, then release them
-    cheapest first, keeping a release only while the target still holds (NNCF's accuracy control reverts groups the
-    same way). Returns (released layers, a summary, the metrics of the final plan or None when nothing was released)."""
+    releasing each one alone (to INT8, the search's own FP16 set kept) costs on the *ranking subset* -- the sweep
+    samples where the searched plan departs most from FP32 (lowest output cosine; a quarter of them, at least
+    ``RANKING_MIN``), as NNCF's accuracy control ranks on the samples where the models disagree most -- then release
+    them cheapest first, each release checked on all the sweep data and kept only while the target still holds.
+    Returns (released layers, a summary, the metrics of the final plan or None when nothing was released)."""
     pinned = pinned_layers(base_plan)
     groups: dict[str, list[str]] = {}
     for name in pinned:
@@ -474,15 +492,27 @@ def release_pins(
     summary: dict[str, Any] = {"pinned_layers": len(pinned), "groups": len(groups), "ranking": []}
     if not groups:
         return [], summary, None
-    bar = make_bar(progress, "pin release (plans)", 2 * len(groups))
+    bar = make_bar(progress, "pin release (plans)", 2 * len(groups) + 1)
     try:
+        searched = plan_with(base_plan, int8_base, universe, "sensitivity: pin release")
+        subset = disagreement_subset(evaluator.per_sample_cosine(searched), ranking_size(evaluator.samples))
+        ranker = evaluator.subset(subset) if len(subset) < evaluator.samples else evaluator
+        summary["ranking_samples"] = len(subset)
+        summary["ranking_subset"] = [int(i) for i in subset]
+        bar.update(1)
         costs: list[tuple[float, str]] = []
         for g, names in groups.items():
-            m = run(set(names), "release-rank", g)
+            m = ranker.evaluate(plan_with(base_plan, int8_base | set(names), universe, "sensitivity: pin release"))
+            steps.append({"phase": "release-rank", "kept": len(high), "units": [g], "released": len(names),
+                          "samples": len(subset), metric: round(m.value(metric), 6),
+                          "agreement": None if m.agreement is None else round(m.agreement, 6),
+                          "met": meets(opts, metric, m)})
             costs.append((loss(metric, m), g))
             summary["ranking"].append({"group": g, "layers": len(names), metric: round(m.value(metric), 6),
-                                       "met_alone": meets(opts, metric, m)})
+                                       "met_on_subset": meets(opts, metric, m)})
             bar.update(1)
+        if ranker is not evaluator:
+            evaluator.evaluations += ranker.evaluations
         released: set[str] = set()
         final: Metrics | None = None
         for _, g in sorted(costs):
