@@ -283,3 +283,42 @@ def test_good_cache_not_replaced_by_failed_run(tmp_path: Path, mobilenet_onnx: P
         calibrate(mobilenet_onnx, tmp_path / "inf.npy", out)
     assert (out / "calibration.cache").read_bytes() == good
     assert sorted(p.name for p in out.iterdir()) == ["calibration.cache"]
+
+
+def test_constant_node_weights_are_refused_until_exported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Paddle-style ONNX (PP-OCRv4's detector has 342 Constant nodes, 0 initializers) holds its conv weights in
+    Constant nodes: the Q/DQ writer quantizes initializers only, so calibrating it as is left every weight float
+    without a word. calibrate now refuses, naming the layers and `vqz-edge export`; the exported model (Constant
+    nodes turned into initializers) calibrates with per-channel INT8 weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vqz_edge.cli import main
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.2, "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], name="w_const", value=w),
+         helper.make_node("Constant", [], ["b"], name="b_const", value=b),
+         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu0")],
+        "paddle_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 32, 32])])
+    src = tmp_path / "paddle_like.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), src)
+
+    rc = main(["calibrate", str(src), "--data", "demo", "--num-images", "4", "--preset", "none", "-o",
+               str(tmp_path / "cal_raw"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "conv0" in err and "Constant nodes" in err and "vqz-edge export" in err, err
+    assert not (tmp_path / "cal_raw" / "model.qdq.onnx").exists()
+
+    exported = tmp_path / "model.onnx"
+    assert main(["export", str(src), "-o", str(exported), "-q"]) == 0, capsys.readouterr().err
+    assert main(["calibrate", str(exported), "--data", "demo", "--num-images", "4", "--preset", "none", "-o",
+                 str(tmp_path / "cal"), "-q"]) == 0, capsys.readouterr().err
+    qdq = onnx.load(str(tmp_path / "cal" / "model.qdq.onnx"))
+    weight_q = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[0] in {i.name for i in qdq.graph.initializer}]
+    assert len(weight_q) == 1 and weight_q[0].attribute[0].i in (0, 1)  # the conv's weights, per channel (axis 0)

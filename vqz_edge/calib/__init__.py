@@ -26,7 +26,14 @@ from ..data.source import DataSource, Declared, open_data
 from ..errors import CalibrationError, InputError
 from ..fsutil import canonical_json, check_output_dir, sha256_bytes
 from ..log import get_logger
-from ..onnx_io import check_spec_inputs, fill_dynamic, graph_inputs, load_model, require_finite_weights
+from ..onnx_io import (
+    check_spec_inputs,
+    fill_dynamic,
+    graph_inputs,
+    load_model,
+    require_finite_weights,
+    require_initializer_weights,
+)
 from ..policy.resolve import Resolution, resolve_plan
 from ..preprocessing import Preprocessing
 from ..progress import ProgressFactory
@@ -187,6 +194,7 @@ def calibrate(
     model_path = Path(model_path)
     model = load_model(model_path)
     require_finite_weights(model, str(model_path))
+    require_initializer_weights(model, str(model_path))
     if spec_inputs:
         check_spec_inputs(spec_inputs, model, str(model_path))
     outdir = check_output_dir(outdir)  # created only when the set is written: a failed run leaves no folder
