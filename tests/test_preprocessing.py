@@ -438,3 +438,20 @@ def test_the_readme_precision_only_spec_drives_plan(tmp_path: Path, model_path: 
     assert json.loads(out)["model"] == model_path.parent.name  # named after the ONNX's folder, as calibrate does
     rc, _, err = _cli("plan", str(spec), capsys=capsys)
     assert rc == 2 and "no [model] table" in err
+
+
+def test_device_calibrator_feeds_the_recorded_recipe() -> None:
+    """When TensorRT calibrates on the device (no offline cache accepted), the builder hands its calibrator the
+    recipe the offline calibration recorded; without one, the spec's declaration."""
+    from vqz_edge.trt.calibrator import spec_batches
+
+    spec = parse_spec({"preprocessing": {"preset": "imagenet", "size": 64},
+                       "calibration": {"data": "demo", "num_images": 4}})
+    shape = (2, 3, 64, 64)
+    clip = PreprocessingRequest(preset="clip", size=(64, 64)).resolve(shape)
+    recorded = np.concatenate(list(spec_batches(spec, "input", shape, clip)()))
+    declared = np.concatenate(list(spec_batches(spec, "input", shape)()))
+    want = np.concatenate(list(open_data("demo", TensorInfo("input", shape, "float32"), count=4,
+                                         preprocessing=clip).batches(2)))
+    assert recorded.shape == (4, 3, 64, 64) and np.array_equal(recorded, want)
+    assert not np.allclose(recorded, declared)  # clip's mean/std/interpolation, not the spec's imagenet

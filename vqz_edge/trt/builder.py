@@ -27,7 +27,7 @@ from ..fsutil import canonical_json, file_lock, sha256_bytes, sha256_file
 from ..log import get_logger
 from ..onnx_io import load_model
 from ..policy import resolve_plan
-from ..preprocessing import recorded_beside
+from ..preprocessing import Preprocessing, recorded_beside
 from ..progress import ProgressFactory
 from ..vocab import CACHE_FILE, ENGINE_FILE, ONNX_FILE, PLAN_FILE, QDQ_ONNX_FILE, TIMING_CACHE_FILE
 from .calibrator import spec_batches
@@ -162,18 +162,29 @@ def load_plan(req: BuildRequest, calib_dir: Path, onnx_fp32: Path) -> tuple[Reso
     return plan, source
 
 
-def engine_preprocessing(req: BuildRequest, calib_dir: Path) -> dict[str, Any] | None:
-    """The recipe the engine's inputs need, for its manifest: as calibration recorded it (the plan.json /
-    summary.json beside --plan or in the calibration directory), else as the spec's [preprocessing] declares it
-    for its first input, else None (``vqz-edge run`` then needs --preprocess)."""
+@dataclass(frozen=True)
+class EngineRecipe:
+    """How camera frames become the engine's input, and where that was said."""
+
+    preprocessing: Preprocessing
+    origin: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.preprocessing.to_dict(), "origin": self.origin}
+
+
+def engine_preprocessing(req: BuildRequest, calib_dir: Path) -> EngineRecipe | None:
+    """The recipe the engine's inputs need, for its manifest and the device calibrator: as calibration recorded it
+    (the plan.json / summary.json beside --plan or in the calibration directory), else as the spec's
+    [preprocessing] declares it for its first input, else None (``vqz-edge run`` then needs --preprocess)."""
     found = recorded_beside(req.plan_path if req.plan_path is not None else calib_dir)
     if found is not None:
-        return {**found[0].to_dict(), "origin": f"recorded in {found[1]}"}
+        return EngineRecipe(found[0], f"recorded in {found[1]}")
     spec = req.spec
     if not spec.preprocessing.is_empty() and spec.inputs:
         recipe = spec.preprocessing.resolve(spec.inputs[0].shape)  # DataError names what the spec lacks
         where = f"spec {spec.path}" if spec.path is not None else "the spec"
-        return {**recipe.to_dict(), "origin": f"declared in {where} [preprocessing]"}
+        return EngineRecipe(recipe, f"declared in {where} [preprocessing]")
     return None
 
 
@@ -221,7 +232,7 @@ def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> Bui
                     mode=decision.mode, onnx_sha256=str(hashes["onnx_sha256"]), cache_sha256=hashes["cache_sha256"],
                     spec_sha256=str(hashes["spec_sha256"]), plan_sha256=hashes["plan_sha256"], dla_core=req.dla_core,
                     precision_constraints=req.precision_constraints, workspace_bytes=ws,
-                    preprocessing_sha256=sha256_bytes(canonical_json(recipe).encode("utf-8")) if recipe else None)
+                    preprocessing_sha256=sha256_bytes(canonical_json(recipe.to_dict()).encode("utf-8")) if recipe else None)
     out_dir = engine_dir(req.out_root, spec.model.name, target.name, str(version))
     if not req.force:
         fresh, why = up_to_date(out_dir, key)
@@ -242,7 +253,8 @@ def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> Bui
     calibration = None
     if decision.calibrator:
         calibration = CalibrationInputs(
-            offline_cache=offline_cache, data=lambda name, shape: spec_batches(spec, name, shape),
+            offline_cache=offline_cache,
+            data=lambda name, shape: spec_batches(spec, name, shape, recipe.preprocessing if recipe else None),
             cache_out=out_dir / CACHE_FILE,
         )
     cfg = EngineConfig(onnx_path=onnx_path, decision=decision, profiles=spec_profiles(spec), workspace_bytes=ws, plan=plan,
@@ -278,7 +290,7 @@ def run_build(req: BuildRequest, progress: ProgressFactory | None = None) -> Bui
             l4t=l4t, jetpack=read_jetpack(l4t), mode=decision.mode, inputs=hashes, io=result.io,
             device_memory_bytes=result.device_memory_bytes,
             layers=report.manifest_layers() if report is not None else engine_layer_precisions(result.engine_layers),
-            build=build_info, preprocessing=recipe,
+            build=build_info, preprocessing=recipe.to_dict() if recipe else None,
         )
         write_engine_and_manifest(out_dir, result.engine, manifest)
     return BuildOutcome("built", out_dir, key, "built", decision.mode, str(version), manifest, report, notes)

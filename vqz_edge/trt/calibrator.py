@@ -27,6 +27,7 @@ from ..errors import DataError, DependencyError
 from ..fsutil import atomic_write_bytes
 from ..log import get_logger
 from ..onnx_io import TensorInfo
+from ..preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -56,13 +57,15 @@ def import_pycuda() -> Any:
     return cuda
 
 
-def spec_batches(spec: Spec, input_name: str, batch_shape: tuple[int, ...]) -> BatchSource:
+def spec_batches(spec: Spec, input_name: str, batch_shape: tuple[int, ...],
+                 recipe: Preprocessing | None = None) -> BatchSource:
     """The spec's [calibration] data as float32 batches of exactly ``batch_shape`` (N, C, H, W),
-    read lazily; an incomplete last batch is dropped (TensorRT calibrates at the profile's shape)."""
+    read lazily; an incomplete last batch is dropped (TensorRT calibrates at the profile's shape). Photos are
+    preprocessed with ``recipe`` (the one the offline calibration recorded), else as the spec declares."""
     data = spec.calibration.data
     where = data if data == "demo" else str(spec.resolve_path(data))
     source = open_data(where, TensorInfo(input_name, batch_shape, "float32"), count=spec.calibration.num_images,
-                       preprocessing=spec.preprocessing)
+                       preprocessing=recipe if recipe is not None else spec.preprocessing)
 
     def batches() -> Iterator[np.ndarray]:
         for x in source.batches(batch_shape[0]):
