@@ -3,6 +3,8 @@ whose answer is known, and the Q/DQ writer following them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import pytest
@@ -155,17 +157,25 @@ def test_placement_on_mobilenet_v2(mobilenet_onnx: object) -> None:
         assert producer[fused].op_type == "Conv" and "/conv/conv.2/" in producer[fused].name, producer[fused].name
 
 
-def _auto(target: float) -> tuple[object, object]:
+def _swept(preset: str) -> tuple[Any, Any, Any, Any, Any]:
+    """The transformer block, its plan under ``preset``, an evaluator on 8 seeded samples and the layer sweep."""
     from vqz_edge.sensitivity.evaluator import Evaluator
-    from vqz_edge.sensitivity.sweep import SweepOptions, TargetOptions, auto_plan, pinned_layers, sweep
+    from vqz_edge.sensitivity.sweep import SweepOptions, sweep
 
     model = transformer_block()
-    base = resolve_plan(model, model_name="t", onnx_sha256="x", preset="vit").plan
+    base = resolve_plan(model, model_name="t", onnx_sha256="x", preset=preset).plan
     rng = np.random.default_rng(3)
     batches = [rng.standard_normal((4, 5, 8)).astype(np.float32) * 2 for _ in range(2)]
     amax = {t: 2.5 for t in ("x", "ln", "q", "kt", "v", "p", "o", "o2", "pooled")}
     ev = Evaluator(model, amax, batches)
     ranked, all_int8 = sweep(model, ev, base, SweepOptions())
+    return model, base, ev, ranked, all_int8
+
+
+def _auto(target: float) -> tuple[object, object]:
+    from vqz_edge.sensitivity.sweep import TargetOptions, auto_plan, pinned_layers
+
+    model, base, ev, ranked, all_int8 = _swept("vit")
     plan = auto_plan(model, ev, base, ranked, all_int8, "cosine", TargetOptions(target, release_pins=True),
                      preset="vit")
     return plan, pinned_layers(base)
@@ -226,3 +236,23 @@ def test_pin_ranking_runs_on_the_samples_where_the_models_disagree_most() -> Non
     assert rank_steps and all(s["samples"] == 16 for s in rank_steps)
     release_steps = [s for s in plan.steps if s["phase"] == "release"]  # type: ignore[attr-defined]
     assert release_steps  # each release is checked on all 40 samples (the evaluator's own data)
+
+
+def test_margin_makes_the_search_aim_above_the_goal() -> None:
+    """--margin: the search must reach goal + margin on the sweep samples; the plan still names (and is verified
+    against) the goal itself. With a goal all-INT8 already meets, no margin keeps nothing; a margin that lifts the aim
+    above all-INT8 keeps units until the aim is reached."""
+    from vqz_edge.sensitivity.sweep import TargetOptions, auto_plan
+
+    model, base, ev, ranked, all_int8 = _swept("none")
+    d = (1.0 - all_int8.cosine) / 3
+    assert d > 0
+    goal, margin = all_int8.cosine - d, 2 * d  # all-INT8 meets the goal; the aim lies between it and lossless
+    plain = auto_plan(model, ev, base, ranked, all_int8, "cosine", TargetOptions(goal), preset="none")
+    aimed = auto_plan(model, ev, base, ranked, all_int8, "cosine", TargetOptions(goal, margin=margin), preset="none")
+    assert plain.met and plain.kept == []
+    assert aimed.met and aimed.kept and aimed.achieved.cosine >= goal + margin
+    assert aimed.options.target == goal and aimed.options.aim == pytest.approx(goal + margin)
+    assert aimed.meets(aimed.achieved) and aimed.to_dict()["options"]["margin"] == margin
+    with pytest.raises(ValueError, match="margin"):
+        TargetOptions(0.9, margin=-0.01)

@@ -72,6 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=argparse.SUPPRESS)  # the old spelling, for one release: --target is a Jetson module elsewhere
     t.add_argument("--min-agreement", type=options.float_range(0.0, 1.0), help="also require this top-1 agreement, e.g. 0.92")
     t.add_argument("--max-kept", type=options.nonnegative_int, help="never keep more than N units above INT8")
+    t.add_argument("--margin", type=options.nonnegative_float, default=0.0,
+                   help="search until the sweep samples reach goal + MARGIN (dB for sqnr), so that the plan still meets "
+                   "the goal on the verification samples (default 0: exactly the goal, which a few dozen sweep "
+                   "samples overfit; e.g. 0.01 for map_correlation)")
     t.add_argument("--release-pins", action="store_true",
                    help="the preset is where the search starts: afterwards, release (to INT8) the preset's pinned "
                    "layers, block by block, cheapest first, wherever the goal still holds")
@@ -111,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
         target = None
         if args.goal is not None:
             target = TargetOptions(target=args.goal, min_agreement=args.min_agreement, max_kept=args.max_kept,
-                                   release_pins=args.release_pins)
-        elif args.min_agreement is not None or args.max_kept is not None or args.finetune or args.release_pins:
-            raise InputError("--min-agreement, --max-kept, --release-pins and --finetune only apply with --goal")
+                                   release_pins=args.release_pins, margin=args.margin)
+        elif (args.min_agreement is not None or args.max_kept is not None or args.finetune or args.release_pins
+              or args.margin):
+            raise InputError("--min-agreement, --max-kept, --margin, --release-pins and --finetune only apply with --goal")
         finetune = options.finetune_options(args)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -125,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     if target is not None and args.metric != "sqnr" and not 0.0 < args.goal <= 1.0:
         raise InputError(f"--goal {args.goal} is impossible for --metric {args.metric} (a value in (0, 1])",
                          hint="e.g. --goal 0.995 for cosine, --goal 0.9 for agreement, --metric sqnr --goal 30")
+    if target is not None and args.metric != "sqnr" and args.goal + args.margin > 1.0:
+        raise InputError(f"--goal {args.goal} with --margin {args.margin} asks the search for {args.goal + args.margin:g}, "
+                         f"above 1, which --metric {args.metric} cannot reach",
+                         hint="lower the margin (e.g. --margin 0.005) or the goal")
     outdir = args.output or args.calibration / "sensitivity"
     if outdir.resolve() == args.calibration.resolve():
         raise InputError(f"-o {outdir} is the calibration directory itself; sensitivity writes its own set",

@@ -51,7 +51,9 @@ def format_auto_plan(result: SensitivityResult) -> str:
     m = a.metric
     s = a.share
     cond = f"{m} >= {a.options.target}" + (
-        f" and top-1 agreement >= {a.options.min_agreement}" if a.options.min_agreement is not None else "")
+        f" and top-1 agreement >= {a.options.min_agreement}" if a.options.min_agreement is not None else "") + (
+        f"; searched for {a.options.aim:.6g} on the sweep samples (--margin {a.options.margin:g})"
+        if a.options.margin else "")
     lines = [
         f"automatic plan ({cond}): keep {len(a.kept)} unit(s) above INT8 -> "
         f"{'MET' if a.met else 'NOT MET'} on the {result.samples} sweep samples",
