@@ -287,6 +287,15 @@ def test_a_spec_without_a_precision_preset_inherits_the_calibrations(tmp_path: P
                             "--json", capsys=capsys)
         assert rc == 0, err
         assert json.loads(out)["preset"] == want
+    # a summary from before the preset was recorded: calibrate's default, and the output says it is not recorded
+    summary = json.loads((cal / "summary.json").read_text())
+    del summary["precision"]
+    (cal / "summary.json").write_text(json.dumps(summary))
+    rc, out, err = _cli("sensitivity", str(model_path), "--calibration", str(cal), "--data", "demo", "--num-images",
+                        "4", "--batch-size", "4", "-o", str(tmp_path / "old"), "--json", capsys=capsys)
+    assert rc == 0, err
+    doc = json.loads(out)["preset"]
+    assert doc["name"] == "cnn" and "records no preset" in doc["origin"] and "--preset" in doc["origin"], doc
 
 
 def test_run_uses_the_recorded_recipe_and_warns_without_one(tmp_path: Path, model_path: Path,

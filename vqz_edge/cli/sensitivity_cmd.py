@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.source import read_recorded_preprocessing
@@ -95,11 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec) if args.spec else None
-    recorded, recorded_where, recorded_preset = _recorded(args.calibration)
+    record = _recorded(args.calibration)
+    recorded, recorded_where = record.preprocessing, record.summary
     from_spec = spec is not None and spec.precision.preset_declared
-    preset = args.preset or (spec.precision.preset if spec is not None and from_spec else recorded_preset)
+    preset = args.preset or (spec.precision.preset if spec is not None and from_spec else record.preset or "cnn")
     preset_origin = ("--preset" if args.preset else f"spec {args.spec}" if from_spec else
-                     f"inherited from {recorded_where}" if recorded_where else "calibrate's default")
+                     f"inherited from {recorded_where}" if record.preset else
+                     f"calibrate's default: {recorded_where} records no preset (pass --preset if it used another)"
+                     if recorded_where else "calibrate's default")
     declared, notes = options.declared_preprocessing(args, spec.preprocessing if spec else None)
     model_input = _model_input(args.model)
     warnings: list[str] = []
@@ -189,17 +193,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded(calibration: Path) -> tuple[Preprocessing | None, str, str]:
-    """(preprocessing, 'DIR/summary.json', precision preset) the calibration recorded; the preset of a summary
-    from before it was recorded is calibrate's default, cnn."""
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """What a calibration directory's summary.json says about how it was made."""
+
+    preprocessing: Preprocessing | None
+    summary: str  # 'DIR/summary.json', or '' without one
+    preset: str | None  # the precision preset it recorded; None in summaries from before it was recorded
+
+
+def _recorded(calibration: Path) -> CalibrationRecord:
     recorded, where = read_recorded_preprocessing(calibration)  # DataError for an unreadable summary
-    preset = "cnn"
+    preset = None
     if where:
         doc = json.loads(Path(where).read_text(encoding="utf-8"))
         policy = doc.get("precision") if isinstance(doc, dict) else None
         if isinstance(policy, dict) and isinstance(policy.get("preset"), str):
             preset = policy["preset"]
-    return recorded, where, preset
+    return CalibrationRecord(recorded, where, preset)
 
 
 def _model_input(model: Path) -> tuple[int | str, ...]:
