@@ -8,6 +8,7 @@ values so they can be broken down by source photo.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,33 +207,32 @@ class Evaluator:
     def qdq_model(self, plan: ResolvedPlan, variant: Variant | None = None) -> onnx.ModelProto:
         return _qdq(self.model, self.amax, plan, variant, self.placement)
 
-    def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
-        """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
-        reference of this model."""
+    def _accumulate(self, plan: ResolvedPlan, variant: Variant | None, *, with_task: bool
+                    ) -> tuple[_Accumulator, TaskAccumulator | None]:
+        """One pass of ``plan`` (or ``variant``) over the batches against the FP32 reference (one evaluation)."""
         ref = self.reference()
         sess = ortu.session(with_outputs(self.qdq_model(plan, variant), self._extra))
         acc = _Accumulator(self.output)
-        task = self._task_accumulator()
+        task = self._task_accumulator() if with_task else None
         for x, r in zip(self.batches, ref):
             got = ortu.run(sess, x, self.fetch)
             acc.update(r[0], got[0])
             if task is not None:
                 _task_update(task, self.fetch, r, got)
         self.evaluations += 1
+        return acc, task
+
+    def evaluate(self, plan: ResolvedPlan, variant: Variant | None = None) -> Metrics:
+        """``plan`` as Q/DQ of this model and ranges, or of ``variant`` (e.g. fine-tuned weights), against the FP32
+        reference of this model."""
+        acc, task = self._accumulate(plan, variant, with_task=True)
         return _with_task(acc.result(self.sources), task)
 
     def per_sample_cosine(self, plan: ResolvedPlan) -> np.ndarray:
         """Each sample's output cosine (primary output, flattened) between ``plan`` and the FP32 reference, in
         sample order: low values are the samples where the two models disagree most."""
-        ref = self.reference()
-        sess = ortu.session(with_outputs(self.qdq_model(plan), self._extra))
-        rows = []
-        for x, r in zip(self.batches, ref):
-            got = ortu.run(sess, x, self.fetch)
-            a, b, _, _ = compare_rows(r[0], got[0], f"output {self.output!r}")
-            rows.append(row_cosine(a, b))
-        self.evaluations += 1
-        return np.concatenate(rows) if rows else np.zeros(0)
+        acc, _ = self._accumulate(plan, None, with_task=False)
+        return np.concatenate(acc.cos) if acc.cos else np.zeros(0)
 
     def subset(self, indices: Sequence[int]) -> Evaluator:
         """An evaluator over the samples ``indices`` only (same model, ranges, placement, task; the FP32 reference
@@ -240,14 +240,10 @@ class Evaluator:
         idx = np.asarray(sorted(int(i) for i in indices), dtype=np.int64)
         if idx.size == 0 or idx[0] < 0 or idx[-1] >= self.samples:
             raise InputError(f"subset indices must be within 0..{self.samples - 1} and not empty")
-        names = list(self.batches[0])
-        feeds = {k: np.concatenate([b[k] for b in self.batches])[idx] for k in names}
+        feeds = {k: np.concatenate([b[k] for b in self.batches])[idx] for k in self.batches[0]}
         ref = [np.concatenate([r[j] for r in self.reference()])[idx] for j in range(len(self.fetch))]
         step = max(1, _batch_size(self.batches[0]))
-        sub = Evaluator.__new__(Evaluator)
-        sub.placement, sub.task, sub.output = self.placement, self.task, self.output
-        sub.task_tensors, sub.model, sub._extra, sub.fetch = self.task_tensors, self.model, self._extra, self.fetch
-        sub.amax = self.amax
+        sub = copy.copy(self)  # everything shared but the samples
         sub.batches = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, idx.size, step)]
         sub.sources = None if self.sources is None else [self.sources[i] for i in idx.tolist()]
         sub._reference = [[a[i:i + step] for a in ref] for i in range(0, idx.size, step)]

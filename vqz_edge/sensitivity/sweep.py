@@ -493,40 +493,44 @@ def release_pins(
 
     seen: dict[frozenset[str], Metrics] = {}
 
-    def run(released: set[str], phase: str, label: str) -> Metrics:
+    def run(released: set[str], phase: str, label: str, on: Evaluator | None = None) -> Metrics:
+        """The plan with ``released`` back in INT8, on the sweep data (cached) or on the subset evaluator ``on``."""
         key = frozenset(released)
-        if key in seen:
+        if on is None and key in seen:
             return seen[key]
-        m = seen[key] = evaluator.evaluate(plan_with(base_plan, int8_base | released, universe,
-                                                     "sensitivity: pin release"))
-        steps.append({"phase": phase, "kept": len(high), "units": [label], "released": len(released),
-                      metric: round(m.value(metric), 6),
-                      "agreement": None if m.agreement is None else round(m.agreement, 6), "met": meets(opts, metric, m)})
+        m = (on or evaluator).evaluate(plan_with(base_plan, int8_base | released, universe, "sensitivity: pin release"))
+        if on is None:
+            seen[key] = m
+        step = {"phase": phase, "kept": len(high), "units": [label], "released": len(released),
+                metric: round(m.value(metric), 6),
+                "agreement": None if m.agreement is None else round(m.agreement, 6), "met": meets(opts, metric, m)}
+        if on is not None:
+            step["samples"] = on.samples
+        steps.append(step)
         return m
 
     summary: dict[str, Any] = {"pinned_layers": len(pinned), "groups": len(groups), "ranking": []}
     if not groups:
         return [], summary, None
-    bar = make_bar(progress, "pin release (plans)", 2 * len(groups) + 1)
+    size = ranking_size(evaluator.samples)
+    bar = make_bar(progress, "pin release (plans)", 2 * len(groups) + (size < evaluator.samples))
     try:
-        searched = plan_with(base_plan, int8_base, universe, "sensitivity: pin release")
-        subset = disagreement_subset(evaluator.per_sample_cosine(searched), ranking_size(evaluator.samples))
-        ranker = evaluator.subset(subset) if len(subset) < evaluator.samples else evaluator
-        summary["ranking_samples"] = len(subset)
-        summary["ranking_subset"] = [int(i) for i in subset]
-        bar.update(1)
+        ranker: Evaluator | None = None  # None: rank on all the sweep samples (there are too few for a subset)
+        if size < evaluator.samples:
+            searched = plan_with(base_plan, int8_base, universe, "sensitivity: pin release")
+            subset = disagreement_subset(evaluator.per_sample_cosine(searched), size)
+            ranker = evaluator.subset(subset)
+            summary["ranking_subset"] = subset
+            bar.update(1)
+        summary["ranking_samples"] = size
         costs: list[tuple[float, str]] = []
         for g, names in groups.items():
-            m = ranker.evaluate(plan_with(base_plan, int8_base | set(names), universe, "sensitivity: pin release"))
-            steps.append({"phase": "release-rank", "kept": len(high), "units": [g], "released": len(names),
-                          "samples": len(subset), metric: round(m.value(metric), 6),
-                          "agreement": None if m.agreement is None else round(m.agreement, 6),
-                          "met": meets(opts, metric, m)})
+            m = run(set(names), "release-rank", g, on=ranker)
             costs.append((loss(metric, m), g))
             summary["ranking"].append({"group": g, "layers": len(names), metric: round(m.value(metric), 6),
                                        "met_on_subset": meets(opts, metric, m)})
             bar.update(1)
-        if ranker is not evaluator:
+        if ranker is not None:
             evaluator.evaluations += ranker.evaluations
         released: set[str] = set()
         final: Metrics | None = None
