@@ -256,3 +256,26 @@ def test_margin_makes_the_search_aim_above_the_goal() -> None:
     assert aimed.meets(aimed.achieved) and aimed.to_dict()["options"]["margin"] == margin
     with pytest.raises(ValueError, match="margin"):
         TargetOptions(0.9, margin=-0.01)
+
+
+def test_constant_node_weights_are_found_on_either_matmul_operand() -> None:
+    """place() takes only initializers for weights, on Conv input 1 and on either Gemm/MatMul operand: a Constant
+    node in any of those positions is found (calibrate refuses it), an activation x activation MatMul is not."""
+    from vqz_edge.errors import ModelLoadError
+    from vqz_edge.policy.placement import constant_node_weights, require_initializer_weights
+
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    v = numpy_helper.from_array(np.ones((4, 4), np.float32), "v")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], name="cw", value=w),
+         helper.make_node("Constant", [], ["v"], name="cv", value=v),
+         helper.make_node("MatMul", ["x", "w"], ["a"], name="right_weight"),
+         helper.make_node("MatMul", ["v", "a"], ["b"], name="left_weight"),
+         helper.make_node("Transpose", ["b"], ["bt"], name="t"),
+         helper.make_node("MatMul", ["b", "bt"], ["y"], name="attention")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert constant_node_weights(model) == ["right_weight", "left_weight"]
+    with pytest.raises(ModelLoadError, match="2 layer.*right_weight, left_weight"):
+        require_initializer_weights(model, "m.onnx")

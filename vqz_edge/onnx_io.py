@@ -147,31 +147,6 @@ def require_finite_weights(model: onnx.ModelProto, where: str) -> None:
         )
 
 
-WEIGHT_INPUTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # the input that holds a layer's weights
-
-
-def constant_node_weights(model: onnx.ModelProto) -> list[str]:
-    """Layers (Conv, ConvTranspose, Gemm, MatMul) whose weight input is the output of a ``Constant`` node rather than
-    an initializer, as some Paddle and TF converters write them: the Q/DQ writer quantizes initializers only."""
-    const_out = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name or f"{n.op_type}#{i}" for i, n in enumerate(model.graph.node)
-            if n.op_type in WEIGHT_INPUTS and len(n.input) > WEIGHT_INPUTS[n.op_type]
-            and n.input[WEIGHT_INPUTS[n.op_type]] in const_out]
-
-
-def require_initializer_weights(model: onnx.ModelProto, where: str) -> None:
-    """Raise ModelLoadError naming the layers whose weights are ``Constant`` nodes: calibrating them as they are
-    would quantize their activations only and leave the weights float without saying so."""
-    bad = constant_node_weights(model)
-    if bad:
-        raise ModelLoadError(
-            f"{where}: {len(bad)} layer(s) take their weights from Constant nodes, not initializers "
-            f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); their weights would not be quantized",
-            hint=f"run `vqz-edge export {where} -o model.onnx` first (it turns Constant nodes into initializers, "
-            "folds BatchNorm and verifies the result), then calibrate model.onnx",
-        )
-
-
 def check_spec_inputs(inputs: Sequence[InputSpec], model: onnx.ModelProto, where: str, spec_path: object = None) -> None:
     """Refuse a spec whose [[inputs]] do not describe ``model``: every model input needs an entry of the same
     name, rank and dtype, and every fixed dimension of the model must be the spec's in shape, min_shape and

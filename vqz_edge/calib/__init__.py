@@ -32,8 +32,8 @@ from ..onnx_io import (
     graph_inputs,
     load_model,
     require_finite_weights,
-    require_initializer_weights,
 )
+from ..policy.placement import require_initializer_weights
 from ..policy.resolve import Resolution, resolve_plan
 from ..preprocessing import Preprocessing
 from ..progress import ProgressFactory

@@ -48,6 +48,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..errors import ModelLoadError
+
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RESIDUAL_MODES = ("fusion", "both", "none")
 GEMV_MODES = ("float", "int8")
@@ -243,6 +245,31 @@ def _add_site(g: _Graph, node: onnx.NodeProto, options: PlacementOptions) -> Sit
     return Site(node.name, node.op_type, "residual_add", (1 - fused,), ())
 
 
+WEIGHT_OPERANDS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}  # where place() takes weights
+
+
+def constant_node_weights(model: onnx.ModelProto) -> list[str]:
+    """Layers whose weight operand is the output of a ``Constant`` node, not an initializer (some Paddle and TF
+    converters write them so). :func:`place` takes only initializers for weights: such a Conv would get no weight
+    Q/DQ and such a MatMul would pass for an attention MatMul."""
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name or f"{n.op_type}#{i}" for i, n in enumerate(model.graph.node)
+            if any(k < len(n.input) and n.input[k] in constants for k in WEIGHT_OPERANDS.get(n.op_type, ()))]
+
+
+def require_initializer_weights(model: onnx.ModelProto, where: str) -> None:
+    """Raise ModelLoadError naming the layers whose weights are ``Constant`` nodes: calibrating them as they are
+    would quantize their activations only and leave the weights float without saying so."""
+    bad = constant_node_weights(model)
+    if bad:
+        raise ModelLoadError(
+            f"{where}: {len(bad)} layer(s) take their weights from Constant nodes, not initializers "
+            f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); their weights would not be quantized",
+            hint=f"run `vqz-edge export {where} -o model.onnx` first (it turns Constant nodes into initializers, "
+            "folds BatchNorm and verifies the result), then calibrate model.onnx",
+        )
+
+
 def place(model: onnx.ModelProto, options: PlacementOptions | None = None) -> Placement:
     """The placement of every node of ``model`` under ``options`` (default: the TensorRT-fusion rules)."""
     options = options or PlacementOptions()
@@ -281,5 +308,6 @@ def place(model: onnx.ModelProto, options: PlacementOptions | None = None) -> Pl
     return Placement(options, sites, excluded)
 
 
-__all__ = ["GEMV_MODES", "LINEAR_OPS", "PATTERNS", "RESIDUAL_MODES", "Placement", "PlacementOptions", "Site", "place",
+__all__ = ["GEMV_MODES", "LINEAR_OPS", "PATTERNS", "RESIDUAL_MODES", "WEIGHT_OPERANDS", "Placement", "PlacementOptions",
+           "Site", "constant_node_weights", "place", "require_initializer_weights",
            "weight_axis"]
