@@ -212,6 +212,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path: Path, what: str, error: type[InputError] = InputError) -> Any:
+    """The JSON document in ``path``; ``error`` naming ``what`` and the file when it cannot be read, is not JSON or
+    not UTF-8 text."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {path} is not JSON (line {exc.lineno}: {exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})") from exc
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and a trailing newline: byte-identical for equal content."""
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import sha256_file
+from ..fsutil import read_json, sha256_file
 from ..memory import MIB
 from .errors import PrecisionRefused
 
@@ -50,14 +49,7 @@ def read_fidelity_report(path: Path | None, *, min_cosine: float = 0.99, saving:
             "(vqz-edge evaluate REF.onnx INT8.onnx --data DIR --json > fidelity.json) and pass --fidelity-report fidelity.json",
         )
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PrecisionRefused(f"cannot read fidelity report {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise PrecisionRefused(f"fidelity report {path} is not JSON (line {exc.lineno}: {exc.msg})") from exc
-    except UnicodeDecodeError as exc:
-        raise PrecisionRefused(f"fidelity report {path} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})") from exc
+    doc = read_json(path, "fidelity report", PrecisionRefused)
     found = _find_cosines(doc)
     if not found:
         raise PrecisionRefused(

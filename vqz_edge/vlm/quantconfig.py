@@ -16,14 +16,13 @@ of transformers 4.x alike -- and ``vqz-edge vlm audit`` checks the loaded model 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, read_json
 from .configs import VlmConfig
 from .params import VISION_SIDE, build_meta_model, component_of, iter_linear_modules
 
@@ -71,14 +70,7 @@ def write_quantization_config(path: Path, config: Mapping[str, Any]) -> Path:
 def read_quantization_config(path: Path) -> dict[str, Any]:
     """A bitsandbytes quantization config (ours, or any ``BitsAndBytesConfig.to_dict()`` JSON)."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read quantization config {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"quantization config {path} is not JSON (line {exc.lineno}: {exc.msg})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"quantization config {path} is not JSON text (not UTF-8: {exc.reason} at byte {exc.start})") from exc
+    doc = read_json(path, "quantization config", InputError)
     if isinstance(doc, Mapping) and isinstance(doc.get("quantization_config"), Mapping):
         doc = doc["quantization_config"]  # a whole config.json was given
     if not isinstance(doc, Mapping):
